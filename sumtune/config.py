@@ -1,0 +1,330 @@
+"""The one typed run config.
+
+The dataclasses below are the single source of defaults. A YAML file and dotted command-line
+overrides (``train.lr=3e-4``) only override them. Anything unknown, mistyped or impossible fails
+at start-up with one line naming the key (and, for a typo, the closest valid key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sumtune.errors import ConfigError
+from sumtune.prompts import TEMPLATES, resolve_template
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # "all-linear" is PEFT's shortcut for every linear layer except the output head.
+    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "google/flan-t5-base"
+    method: Literal["full", "lora"] = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ColumnMap:
+    dialogue: str = "dialogue"
+    summary: str = "summary"
+    id: str | None = "id"
+
+
+@dataclass
+class DataConfig:
+    # "samsum" | "dialogsum" (hub datasets), or "local" with files below.
+    source: str = "samsum"
+    # split name -> local file (jsonl, json, csv or parquet); only for source "local".
+    files: dict[str, str] = field(default_factory=dict)
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    # sumtune split -> split name in the source ("validation": "val", ...).
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    )
+    # A literal template with {dialogue}, or a name from sumtune.prompts.TEMPLATES.
+    template: str = "seed"
+    max_source_length: int = 512
+    max_target_length: int = 128
+    # What to do with a row whose dialogue or summary is empty, null or not text.
+    on_bad_row: Literal["fail", "skip"] = "fail"
+    # Use at most this many rows of a split (0: all); handy for smoke runs.
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    epochs: int = 3
+    # Optimizer steps; when > 0 it wins over epochs.
+    max_steps: int = 0
+    per_device_batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    log_every: int = 10
+    # Validation loss every N optimizer steps (0: only at the end).
+    eval_every: int = 0
+    # Cap on validation batches per rank for in-training validation loss (0: all).
+    eval_max_batches: int = 0
+    # Set the model's dropout probabilities to this value (None: keep the checkpoint's).
+    dropout: float | None = None
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    batch_size: int = 16
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["validation", "test"] = "test"
+
+
+@dataclass
+class TrackerConfig:
+    # "wandb" or "none"
+    backend: Literal["wandb", "none"] = "wandb"
+    project: str = "sumtune"
+    group: str | None = None
+    # "auto": online when a W&B API key is set and the server is reachable, else offline.
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+@dataclass
+class RunConfig:
+    run_name: str = "run"
+    output_dir: str = "outputs"
+    # Refuse to write into a folder that already holds a finished run unless this is true.
+    overwrite: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _closest(key: str, options: list[str], prefix: str) -> str:
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    if match:
+        return f" (did you mean '{prefix}{match[0]}'?)"
+    return f" (valid keys under '{prefix or '.'}': {', '.join(sorted(options))})"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of settings, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_closest(str(key), names, prefix)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=3e-4)")
+    dotted, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    value = _fix_yaml_floats(value)
+    tree: dict = {}
+    node = tree
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+_SCI_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _fix_yaml_floats(node: Any) -> Any:
+    """PyYAML follows YAML 1.1, where 3e-4 (no dot) is a string; users mean a number."""
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str) and _SCI_FLOAT.match(node.strip()):
+        return float(node)
+    return node
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings at the top level")
+    return _fix_yaml_floats(data)
+
+
+def from_dict(values: dict) -> RunConfig:
+    cfg = _build(RunConfig, values)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    values = load_yaml(path) if path else {}
+    for item in overrides or []:
+        values = _merge(values, _parse_override(item))
+    return from_dict(values)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _require(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(cfg: RunConfig) -> None:
+    t, d, m, g = cfg.train, cfg.data, cfg.model, cfg.generation
+    _require(bool(cfg.run_name.strip()) and "/" not in cfg.run_name, "run_name", "must be a non-empty folder name")
+    _require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _require(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    _require(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+    _require(
+        not (t.warmup_steps and t.warmup_ratio),
+        "train.warmup_steps",
+        "set either warmup_steps or warmup_ratio, not both",
+    )
+    _require(t.epochs >= 1 or t.max_steps > 0, "train.epochs", "must be >= 1 (or set train.max_steps)")
+    _require(t.max_steps >= 0, "train.max_steps", f"must be >= 0, got {t.max_steps}")
+    _require(t.per_device_batch_size >= 1, "train.per_device_batch_size", f"must be >= 1, got {t.per_device_batch_size}")
+    _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _require(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
+    _require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    _require(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
+    _require(t.dropout is None or 0 <= t.dropout < 1, "train.dropout", f"must be in [0, 1), got {t.dropout}")
+    _require(d.max_source_length >= 8, "data.max_source_length", f"must be >= 8, got {d.max_source_length}")
+    _require(d.max_target_length >= 2, "data.max_target_length", f"must be >= 2, got {d.max_target_length}")
+    _require(
+        "{dialogue}" in resolve_template(d.template),
+        "data.template",
+        f"must contain the placeholder {{dialogue}} or be one of {', '.join(TEMPLATES)}",
+    )
+    _require(d.source in ("samsum", "dialogsum", "local"), "data.source", f"must be samsum, dialogsum or local, got {d.source!r}")
+    if d.source == "local":
+        _require(bool(d.files), "data.files", "source 'local' needs files, e.g. {train: data/train.jsonl}")
+    _require(m.lora.r >= 1, "model.lora.r", f"must be >= 1, got {m.lora.r}")
+    _require(m.lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {m.lora.alpha}")
+    _require(0 <= m.lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {m.lora.dropout}")
+    _require(bool(m.lora.target_modules), "model.lora.target_modules", "must name at least one module")
+    _require(g.num_beams >= 1, "generation.num_beams", f"must be >= 1, got {g.num_beams}")
+    _require(g.max_new_tokens >= 1, "generation.max_new_tokens", f"must be >= 1, got {g.max_new_tokens}")
+    _require(g.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {g.batch_size}")

@@ -1,0 +1,260 @@
+"""Data: sources, validation, prompt formatting, tokenisation and collation.
+
+A record is ``{"id": str, "dialogue": str, "summary": str}``, whatever the source. Local files
+(jsonl, json, csv, parquet) are read here by hand rather than through ``datasets`` so that every
+error can name the file, the row and the column, and so that ids stay strings ("007" stays "007").
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from sumtune.config import DataConfig
+from sumtune.errors import DataError
+from sumtune.prompts import format_prompt, split_template
+
+HUB_IDS = {"samsum": "knkarthick/samsum", "dialogsum": "knkarthick/dialogsum"}
+LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class SplitStats:
+    rows: int = 0
+    skipped: int = 0
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (bad byte at offset {err.start}); re-save the file as UTF-8"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {lineno}: expected a JSON object with named fields")
+        yield f"line {lineno}", row
+
+
+def _rows_json(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
+    for i, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path} record {i}: expected a JSON object with named fields")
+        yield f"record {i}", row
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[str, dict]]:
+    reader = csv.DictReader(_read_text(path).splitlines(keepends=True))
+    for i, row in enumerate(reader, start=1):
+        yield f"row {i}", row
+
+
+def _rows_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield f"row {i}", row
+
+
+_READERS = {"jsonl": _rows_jsonl, "json": _rows_json, "csv": _rows_csv, "parquet": _rows_parquet}
+
+
+def _local_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    fmt = LOCAL_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {', '.join(LOCAL_FORMATS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: data file does not exist; check data.files in the config")
+    return _READERS[fmt](path)
+
+
+def _hub_rows(hub_id: str, split: str) -> Iterator[tuple[str, dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(hub_id, split=split)
+    except Exception as err:  # hub, network and cache errors all end here
+        raise DataError(
+            f"{hub_id} [{split}]: could not be loaded ({str(err).splitlines()[0][:200]}); "
+            "without network access use data.source=local with data.files"
+        ) from None
+    for i, row in enumerate(ds, start=1):
+        yield f"row {i}", row
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def read_records(rows: Iterator[tuple[str, dict]], origin: str, cfg: DataConfig) -> tuple[list[dict], SplitStats]:
+    """Validate rows into records. ``origin`` names the file (or hub split) in messages."""
+    cols = cfg.columns
+    records: list[dict] = []
+    stats = SplitStats()
+    seen_ids: dict[str, str] = {}
+    checked_columns = False
+    for where, row in rows:
+        stats.rows += 1
+        if not checked_columns:
+            for name in ("dialogue", "summary"):
+                col = getattr(cols, name)
+                if col not in row:
+                    raise DataError(
+                        f"{origin}: column '{col}' not found (set data.columns.{name}); "
+                        f"columns present: {', '.join(map(str, row)) or 'none'}"
+                    )
+            checked_columns = True
+        bad = None
+        for name in ("dialogue", "summary"):
+            value = row.get(getattr(cols, name))
+            if value is None:
+                bad = f"'{getattr(cols, name)}' is null"
+            elif not isinstance(value, str):
+                bad = f"'{getattr(cols, name)}' is not text ({type(value).__name__})"
+            elif not value.strip():
+                bad = f"'{getattr(cols, name)}' is empty"
+            if bad:
+                break
+        if bad:
+            if cfg.on_bad_row == "fail":
+                raise DataError(f"{origin} {where}: {bad}; fix the row or set data.on_bad_row=skip")
+            stats.skipped += 1
+            continue
+        raw_id = row.get(cols.id) if cols.id else None
+        rid = str(raw_id) if raw_id is not None and str(raw_id).strip() else f"{Path(origin).stem}-{stats.rows}"
+        if rid in seen_ids:
+            raise DataError(f"{origin} {where}: id '{rid}' already used at {seen_ids[rid]}; ids must be unique")
+        seen_ids[rid] = where
+        records.append({"id": rid, "dialogue": row[cols.dialogue], "summary": row[cols.summary]})
+    if not records:
+        reason = f"all {stats.rows} rows were skipped as bad" if stats.rows else "it has no rows"
+        raise DataError(f"{origin}: no usable examples ({reason})")
+    return records, stats
+
+
+def load_split(cfg: DataConfig, split: str, limit: int = 0) -> tuple[list[dict], SplitStats]:
+    """Records of one sumtune split ("train", "validation" or "test")."""
+    if cfg.source == "local":
+        if split not in cfg.files:
+            raise DataError(f"no file for split '{split}': add data.files.{split} to the config")
+        path = Path(cfg.files[split])
+        records, stats = read_records(_local_rows(path), str(path), cfg)
+    else:
+        hub_id = HUB_IDS[cfg.source]
+        name = cfg.splits.get(split, split)
+        records, stats = read_records(_hub_rows(hub_id, name), f"{hub_id} [{name}]", cfg)
+    if limit:
+        records = records[:limit]
+    return records, stats
+
+
+# ----------------------------------------------------------------------------- tokenisation
+
+
+@dataclass
+class EncodeStats:
+    examples: int = 0
+    truncated_source: int = 0
+    truncated_target: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"{self.examples} examples; dialogue truncated in {self.truncated_source}, "
+            f"summary truncated in {self.truncated_target}"
+        )
+
+
+class PromptEncoder:
+    """Turns dialogues into token ids through the instruction template.
+
+    When a prompt is too long, the dialogue is cut, never the instruction around it, and an
+    end-of-sequence token closes the input as in training.
+    """
+
+    def __init__(self, tokenizer, template: str, max_source_length: int):
+        self.tok = tokenizer
+        self.max_len = max_source_length
+        prefix, suffix = split_template(template)
+        self.prefix_ids = self._ids(prefix)
+        self.suffix_ids = self._ids(suffix)
+        self.template = template
+        room = max_source_length - len(self.prefix_ids) - len(self.suffix_ids) - 1
+        if room < 8:
+            raise DataError(
+                f"the prompt template alone takes {max_source_length - room - 1} tokens; "
+                f"raise data.max_source_length (now {max_source_length})"
+            )
+        self.room = room
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def encode(self, dialogue: str) -> tuple[list[int], bool]:
+        full = self.tok(format_prompt(self.template, dialogue))["input_ids"]
+        if len(full) <= self.max_len:
+            return full, False
+        body = self._ids(dialogue)[: self.room]
+        return self.prefix_ids + body + self.suffix_ids + [self.tok.eos_token_id], True
+
+
+def encode_targets(tokenizer, summary: str, max_target_length: int) -> tuple[list[int], bool]:
+    ids = tokenizer(summary)["input_ids"]
+    if len(ids) <= max_target_length:
+        return ids, False
+    return ids[: max_target_length - 1] + [tokenizer.eos_token_id], True
+
+
+def encode_records(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[list[dict], EncodeStats]:
+    enc = PromptEncoder(tokenizer, cfg.template, cfg.max_source_length)
+    stats = EncodeStats(examples=len(records))
+    features = []
+    for rec in records:
+        src, cut_src = enc.encode(rec["dialogue"])
+        tgt, cut_tgt = encode_targets(tokenizer, rec["summary"], cfg.max_target_length)
+        stats.truncated_source += cut_src
+        stats.truncated_target += cut_tgt
+        features.append({"input_ids": src, "labels": tgt})
+    return features, stats
+
+
+def make_collator(tokenizer):
+    """Dynamic padding per batch; label padding is -100 so the loss ignores it."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
+
+
+def batches_per_rank(n_examples: int, per_device_batch_size: int, num_processes: int) -> int:
+    """Batches each rank sees per epoch under Accelerate's sharding (even_batches: the last
+    round is completed from the start of the data)."""
+    return math.ceil(math.ceil(n_examples / per_device_batch_size) / num_processes)

@@ -1,0 +1,168 @@
+"""The offline demo: synthetic dialogues, a tokenizer trained on them and a tiny pretrained T5.
+
+    python -m sumtune.demo --out demo            # builds demo/data and demo/model (cached)
+
+The base model gets a short span-corruption pre-training on the TRAIN split's text only (dialogues
+and, as separate documents, summaries): like FLAN-T5 it knows the language of the domain, but it
+has never been shown a dialogue next to its summary. Nothing here touches a hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from sumtune.demo_corpus import SPLIT_SIZES, write_corpus
+from sumtune.errors import SumtuneError
+
+BUILD_VERSION = 1
+SENTINELS = 16
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    special = ["<pad>", "</s>", "<unk>"] + [f"<extra_id_{i}>" for i in range(SENTINELS)]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
+    tok.train_from_iterator(texts, trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, additional_special_tokens=special[3:])
+
+
+def _tiny_t5(tokenizer, seed: int):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=128,
+        d_kv=32,
+        d_ff=512,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        feed_forward_proj="gated-gelu",  # as FLAN-T5 (T5 v1.1), whose lm_head is untied too
+        tie_word_embeddings=False,
+        dropout_rate=0.1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    model = T5ForConditionalGeneration(config)
+    # With an untied head, transformers initialises lm_head with std 1, which gives logits of
+    # size ~sqrt(d_model) and a first loss near 30: a tiny model then spends its short
+    # pre-training unlearning that. Scale it like a tied head instead.
+    torch.nn.init.normal_(model.lm_head.weight, std=config.d_model**-0.5)
+    return model
+
+
+def span_corrupt(ids: list[int], rng: random.Random, sentinel_ids: list[int], eos: int,
+                 density: float = 0.15, mean_span: float = 3.0) -> dict:
+    """T5's denoising objective: drop spans (about ``density`` of the tokens) from the input,
+    each replaced by a sentinel; the target lists the sentinels with what they hid."""
+    n = len(ids)
+    n_noise = max(1, round(n * density))
+    n_spans = max(1, min(len(sentinel_ids), round(n_noise / mean_span)))
+    starts = sorted(rng.sample(range(n), min(n_spans, n)))
+    inputs, targets, pos = [], [], 0
+    for k, start in enumerate(starts):
+        if start < pos:
+            continue
+        length = max(1, min(round(rng.expovariate(1 / mean_span)), n - start))
+        inputs += ids[pos:start] + [sentinel_ids[k]]
+        targets += [sentinel_ids[k]] + ids[start:start + length]
+        pos = start + length
+    inputs += ids[pos:]
+    return {"input_ids": inputs + [eos], "labels": targets + [eos]}
+
+
+def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir: Path) -> dict:
+    """The denoising pre-training runs through THE training loop, like any fine-tuning."""
+    from accelerate import Accelerator
+
+    from sumtune import data, loop, tracking
+    from sumtune.config import TrainConfig
+
+    rng = random.Random(seed)
+    sentinels = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(SENTINELS)])
+    feats = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > 192:  # a random window keeps batches short
+            start = rng.randrange(len(ids) - 192)
+            ids = ids[start:start + 192]
+        if len(ids) >= 4:
+            feats.append(span_corrupt(ids, rng, sentinels, tokenizer.eos_token_id))
+    cfg = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=min(30, steps // 10), max_steps=steps,
+                      per_device_batch_size=32, log_every=max(1, steps // 10), seed=seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    plan = loop.plan_steps(len(feats), 1, cfg)
+    dl = torch.utils.data.DataLoader(feats, batch_size=cfg.per_device_batch_size, shuffle=True,
+                                     collate_fn=data.make_collator(tokenizer),
+                                     generator=torch.Generator().manual_seed(seed))
+    optimizer, scheduler = loop.make_optimizer(model, cfg, plan)
+    model, optimizer, dl = accelerator.prepare(model, optimizer, dl)
+    log = tracking.RunLog(accelerator, log_dir / "pretrain_log.jsonl")
+    metrics = loop.fit(accelerator, model, optimizer, scheduler, dl, None, plan, cfg, log)
+    return {"pretrain_steps": steps, "pretrain_loss": metrics["train_loss"], "pretrain_documents": len(feats)}
+
+
+def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pretrain_steps: int = 200,
+          vocab_size: int = 800, force: bool = False) -> dict[str, Path]:
+    """Build (or reuse) demo/data/{train,validation,test}.jsonl and demo/model."""
+    out = Path(out)
+    sizes = dict(sizes or SPLIT_SIZES)
+    stamp = {"version": BUILD_VERSION, "seed": seed, "sizes": sizes, "pretrain_steps": pretrain_steps,
+             "vocab_size": vocab_size}
+    stamp_file = out / "build.json"
+    paths = {"data": out / "data", "model": out / "model"}
+    if not force and stamp_file.is_file() and (paths["model"] / "config.json").is_file():
+        if {k: v for k, v in json.loads(stamp_file.read_text()).items() if k in stamp} == stamp:
+            return paths
+    if out.exists() and any(out.iterdir()):
+        if not stamp_file.is_file():
+            raise SumtuneError(f"{out} exists and is not a demo build; choose another --out (nothing was removed)")
+        shutil.rmtree(out)
+    files = write_corpus(paths["data"], seed=seed, sizes=sizes)
+    train = [json.loads(line) for line in files["train"].read_text(encoding="utf-8").splitlines()]
+    texts = [r["dialogue"] for r in train] + [r["summary"] for r in train]
+    tokenizer = _train_tokenizer(texts, vocab_size)
+    tokenizer.save_pretrained(paths["model"])
+    # Reload, so pre-training sees exactly the tokenizer a user of the folder gets.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+    model = _tiny_t5(tokenizer, seed)
+    result = _pretrain(model, tokenizer, texts, pretrain_steps, seed, out)
+    model.save_pretrained(paths["model"])
+    stamp_file.write_text(json.dumps({**stamp, **result}, indent=2) + "\n")
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the offline demo data and tiny base model.")
+    parser.add_argument("--out", default="demo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
+    args = parser.parse_args()
+    paths = build(args.out, seed=args.seed, pretrain_steps=args.pretrain_steps, force=args.force)
+    print(f"[sumtune] demo data in {paths['data']}, base model in {paths['model']}")
+
+
+if __name__ == "__main__":
+    main()

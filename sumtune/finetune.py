@@ -1,0 +1,75 @@
+"""setup -> loop -> save, for every method. ``train/finetune.py`` is the thin entry point."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from sumtune import checkpoints, data, loop, models, tracking
+from sumtune.config import RunConfig, to_dict
+from sumtune.distributed import make_accelerator, world_size
+
+
+def run(cfg: RunConfig) -> dict:
+    checkpoints.check_output_dir(cfg)
+    mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    models.check_precision(cfg.model.name_or_path, mixed)
+
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    # The model is built before the Accelerator: under ZeRO-3 a model created after it loses
+    # FLAN-T5's untied lm_head (DESIGN.md).
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+    model = models.apply_method(models.load_model(cfg.model.name_or_path, cfg.train.dropout), cfg.model)
+    accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
+    say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
+
+    with accelerator.main_process_first():
+        train_records, train_read = data.load_split(cfg.data, "train", cfg.data.max_train_examples)
+        val_records, val_read = data.load_split(cfg.data, "validation", cfg.data.max_eval_examples)
+    train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data)
+    val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data)
+    say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped")
+    say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped")
+
+    plan = loop.plan_steps(len(train_feats), accelerator.num_processes, cfg.train)
+    say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}")
+    say(f"plan: {plan.describe()}")
+    trainable, total = models.count_parameters(model)
+    say(f"method {cfg.model.method}: {trainable:,} of {total:,} parameters trainable")
+
+    collate = data.make_collator(tokenizer)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    train_dl = torch.utils.data.DataLoader(
+        train_feats, batch_size=cfg.train.per_device_batch_size, shuffle=True, collate_fn=collate, generator=generator
+    )
+    val_dl = torch.utils.data.DataLoader(val_feats, batch_size=cfg.train.per_device_batch_size, collate_fn=collate)
+    optimizer, scheduler = loop.make_optimizer(model, cfg.train, plan)
+    model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+
+    run_dir = cfg.run_dir
+    if accelerator.is_main_process:
+        checkpoints.write_config(cfg, run_dir)
+    tracking.start(accelerator, cfg.tracker, cfg.run_name, run_dir, to_dict(cfg), job_type="train")
+    log = tracking.RunLog(accelerator, run_dir / "train_log.jsonl")
+
+    started = time.perf_counter()
+    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log)
+    metrics.update(
+        method=cfg.model.method,
+        base_model=cfg.model.name_or_path,
+        train_seconds=round(time.perf_counter() - started, 2),
+        trainable_parameters=trainable,
+        total_parameters=total,
+        num_processes=accelerator.num_processes,
+        world_size=world_size(),
+        truncated={"train": vars(train_enc), "validation": vars(val_enc)},
+    )
+    checkpoints.save_run(accelerator, model, tokenizer, cfg, metrics)
+    tracking.set_summary(accelerator, {"final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss")})
+    say(f"saved {run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f})")
+    accelerator.end_training()
+    return metrics

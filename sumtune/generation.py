@@ -1,0 +1,60 @@
+"""Batched, length-sorted, distributed summary generation."""
+
+from __future__ import annotations
+
+import torch
+
+from sumtune.config import GenerationConfig
+from sumtune.data import PromptEncoder
+
+
+def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Indices sorted by length (longest first, so memory trouble shows at once), cut into batches,
+    dealt to ranks round-robin. Every index lands in exactly one batch of exactly one rank."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches[rank::world]
+
+
+@torch.no_grad()
+def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: list[str], gen: GenerationConfig,
+             progress: bool = True) -> tuple[list[str], int]:
+    """Summaries for ``dialogues`` in their order, on every rank; also how many prompts were cut."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    encoded = [encoder.encode(d) for d in dialogues]
+    inputs = [ids for ids, _ in encoded]
+    truncated = sum(cut for _, cut in encoded)
+    batches = shard_batches([len(x) for x in inputs], gen.batch_size, accelerator.process_index,
+                            accelerator.num_processes)
+    model.eval()
+    pad = tokenizer.pad_token_id
+    mine: list[tuple[int, str]] = []
+    bar = tqdm(batches, disable=not (progress and accelerator.is_main_process), desc="generate", leave=False)
+    for batch in bar:
+        width = max(len(inputs[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : len(inputs[i])] = torch.tensor(inputs[i])
+            mask[row, : len(inputs[i])] = 1
+        out = model.generate(
+            input_ids=ids.to(accelerator.device),
+            attention_mask=mask.to(accelerator.device),
+            num_beams=gen.num_beams,
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=False,
+        )
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+        mine.extend(zip(batch, (t.strip() for t in texts)))
+    everything = gather_object(mine) if accelerator.num_processes > 1 else mine
+    result: list[str | None] = [None] * len(dialogues)
+    for i, text in everything:
+        if result[i] is not None:
+            raise RuntimeError(f"example {i} was generated twice")
+        result[i] = text
+    missing = [i for i, t in enumerate(result) if t is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} examples were not generated (first: {missing[0]})")
+    return result, truncated

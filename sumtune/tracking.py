@@ -1,0 +1,110 @@
+"""Rank-zero output in one place: W&B through Accelerate's trackers, train_log.jsonl, printing.
+
+W&B runs offline by itself when there is no API key or the server cannot be reached, so a missing
+network never fails a run; `wandb sync <run_dir>/wandb/offline-run-*` uploads it later.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import socket
+from pathlib import Path
+
+from sumtune.config import TrackerConfig
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(host: str = "api.wandb.ai", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def wandb_mode(cfg: TrackerConfig) -> str:
+    if cfg.mode != "auto":
+        return cfg.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if _has_api_key() and _reachable() else "offline"
+
+
+def log_with(cfg: TrackerConfig) -> list[str]:
+    return ["wandb"] if cfg.backend == "wandb" and wandb_mode(cfg) != "disabled" else []
+
+
+def start(accelerator, cfg: TrackerConfig, run_name: str, run_dir: Path, config: dict, job_type: str) -> None:
+    """Start the trackers (main process only, as Accelerate does)."""
+    if not accelerator.log_with:
+        return
+    mode = wandb_mode(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init = {
+        "wandb": {
+            "name": run_name,
+            "dir": str(run_dir),
+            "mode": mode,
+            "group": cfg.group or run_name,
+            "job_type": job_type,
+        }
+    }
+    accelerator.init_trackers(cfg.project, config=config, init_kwargs=init)
+    if accelerator.is_main_process and mode == "offline":
+        print(f"[sumtune] W&B offline: upload later with `wandb sync {run_dir}/wandb/offline-run-*`")
+
+
+def wandb_run(accelerator):
+    """The raw W&B run on the main process, or None (other ranks, or W&B not in use)."""
+    if not accelerator.is_main_process or "wandb" not in [t.name for t in accelerator.trackers]:
+        return None
+    return accelerator.get_tracker("wandb", unwrap=True)
+
+
+def log_table(accelerator, key: str, columns: list[str], rows: list[list]) -> None:
+    """Tables exist only in W&B, so only the main process may log them."""
+    run = wandb_run(accelerator)
+    if run is None:
+        return
+    import wandb
+
+    run.log({key: wandb.Table(columns=columns, data=rows)})
+
+
+def set_summary(accelerator, values: dict) -> None:
+    run = wandb_run(accelerator)
+    if run is not None:
+        for k, v in values.items():
+            run.summary[k] = v
+
+
+class RunLog:
+    """Metrics to the trackers and to ``train_log.jsonl``; console line on the main process."""
+
+    def __init__(self, accelerator, path: Path):
+        self.acc = accelerator
+        self.path = path
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def log(self, record: dict, step: int) -> None:
+        self.acc.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self.acc.is_main_process:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+
+
+def say(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(f"[sumtune] {message}", flush=True)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from sumtune.config import TrainConfig
+from sumtune.loop import make_optimizer, plan_steps
+
+
+def test_plan_by_epochs():
+    plan = plan_steps(1000, 2, TrainConfig(per_device_batch_size=8, grad_accum=4, epochs=3, warmup_ratio=0.1))
+    assert plan.effective_batch == 64
+    assert plan.batches_per_rank_per_epoch == 63  # ceil(ceil(1000/8)/2)
+    assert plan.steps_per_epoch == 16  # ceil(63/4): the last, shorter accumulation still steps
+    assert plan.total_steps == 48 and plan.epochs == 3
+    assert plan.warmup_steps == 4
+
+
+def test_plan_by_max_steps_wins_over_epochs():
+    plan = plan_steps(100, 1, TrainConfig(per_device_batch_size=10, grad_accum=1, epochs=1, max_steps=25, warmup_steps=5))
+    assert plan.steps_per_epoch == 10 and plan.total_steps == 25 and plan.epochs == 3 and plan.warmup_steps == 5
+    assert "effective batch 10 = 10 per device x 1 processes x 1 accumulation" in plan.describe()
+
+
+def test_same_global_batch_gives_the_same_plan_for_accumulation_and_processes():
+    one = plan_steps(999, 1, TrainConfig(per_device_batch_size=8, grad_accum=2, epochs=2))
+    two = plan_steps(999, 2, TrainConfig(per_device_batch_size=8, grad_accum=1, epochs=2))
+    assert one.effective_batch == two.effective_batch == 16
+    assert one.total_steps == two.total_steps
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    model = torch.nn.Linear(4, 4)
+    cfg = TrainConfig(lr=1.0, max_steps=10, warmup_steps=4, per_device_batch_size=1)
+    plan = plan_steps(100, 1, cfg)
+    opt, sched = make_optimizer(model, cfg, plan)
+    lrs = []
+    for _ in range(plan.total_steps):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(1 / 6)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert sched.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_no_weight_decay_on_biases():
+    model = torch.nn.Linear(4, 4)
+    opt, _ = make_optimizer(model, TrainConfig(weight_decay=0.1), plan_steps(10, 1, TrainConfig()))
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decays[id(model.weight)] == 0.1 and decays[id(model.bias)] == 0.0

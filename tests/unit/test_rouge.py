@@ -1,0 +1,39 @@
+import pytest
+from rouge_score import rouge_scorer
+
+from sumtune.rouge import ROUGE_TYPES, score, sentences_per_line
+
+PREDS = ["Anna will meet Tom at the library. They study at 5 pm!", "Tom buys a bike.", "nothing here"]
+REFS = ["Anna and Tom will meet at the library at 5 pm. Tom brings notes.", "Tom is buying bikes on Monday.", "Kate lost her keys."]
+
+
+def test_sentences_go_one_per_line():
+    assert sentences_per_line("Anna comes. Tom leaves!  Why? ok") == "Anna comes.\nTom leaves!\nWhy?\nok"
+    assert sentences_per_line("first line\nsecond. third") == "first line\nsecond.\nthird"
+
+
+def test_matches_a_direct_rouge_score_computation():
+    direct = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    means, per_example = score(PREDS, REFS)
+    for k in ROUGE_TYPES:
+        values = [direct.score(sentences_per_line(r), sentences_per_line(p))[k].fmeasure for p, r in zip(PREDS, REFS)]
+        assert means[k] == pytest.approx(sum(values) / len(values))
+        assert [e[k] for e in per_example] == pytest.approx(values)
+    # rouge1 is stemmed: "buying bikes" matches "buys a bike" in part
+    assert per_example[1]["rouge1"] > 0.3
+    assert per_example[2]["rouge1"] == 0.0
+
+
+def test_rougelsum_differs_from_rougel_when_sentences_are_split():
+    pred = "Tom brings notes. Anna and Tom will meet at the library."
+    ref = "Anna and Tom will meet at the library. Tom brings notes."
+    means, _ = score([pred], [ref])
+    assert means["rougeLsum"] == pytest.approx(1.0)  # summary-level LCS over sentences
+    assert means["rougeL"] < 0.9  # one LCS over the whole text
+
+
+def test_identical_texts_score_one_and_lengths_must_match():
+    means, _ = score(["Tom will come at 5 pm."], ["Tom will come at 5 pm."])
+    assert all(v == pytest.approx(1.0) for v in means.values())
+    with pytest.raises(ValueError):
+        score(["a"], ["a", "b"])
