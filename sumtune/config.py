@@ -133,8 +133,24 @@ class RunConfig:
 # ----------------------------------------------------------------------------- parsing
 
 
+# Names users bring from the transformers Trainer and other tools -> ours.
+_ALIASES = {
+    "learning_rate": "lr",
+    "batch_size": "per_device_batch_size",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "epochs",
+    "logging_steps": "log_every",
+    "eval_steps": "eval_every",
+    "model_name_or_path": "name_or_path",
+    "output": "output_dir",
+}
+
+
 def _closest(key: str, options: list[str], prefix: str) -> str:
-    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    alias = difflib.get_close_matches(key, list(_ALIASES), n=1, cutoff=0.8)
+    match = [_ALIASES[alias[0]]] if alias and _ALIASES[alias[0]] in options else []
+    match = match or difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     if match:
         return f" (did you mean '{prefix}{match[0]}'?)"
     return f" (valid keys under '{prefix or '.'}': {', '.join(sorted(options))})"

@@ -2,7 +2,7 @@
 
     python -m sumtune.demo --out demo            # builds demo/data and demo/model (cached)
 
-The base model gets a short span-corruption pre-training on the TRAIN split's text only (dialogues
+The base model gets a short denoising pre-training (text infilling) on the TRAIN split's text only (dialogues
 and, as separate documents, summaries): like FLAN-T5 it knows the language of the domain, but it
 has never been shown a dialogue next to its summary. Nothing here touches a hub.
 """
@@ -20,8 +20,9 @@ import torch
 from sumtune.demo_corpus import SPLIT_SIZES, write_corpus
 from sumtune.errors import SumtuneError
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 SENTINELS = 16
+WINDOW = 128  # tokens of a document seen per pre-training example
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
@@ -70,24 +71,24 @@ def _tiny_t5(tokenizer, seed: int):
     return model
 
 
-def span_corrupt(ids: list[int], rng: random.Random, sentinel_ids: list[int], eos: int,
-                 density: float = 0.15, mean_span: float = 3.0) -> dict:
-    """T5's denoising objective: drop spans (about ``density`` of the tokens) from the input,
-    each replaced by a sentinel; the target lists the sentinels with what they hid."""
+def text_infill(ids: list[int], rng: random.Random, mask_id: int, eos: int,
+                density: float = 0.15, mean_span: float = 3.0) -> dict:
+    """BART's text infilling: spans (about ``density`` of the tokens) are each replaced by one
+    mask token, and the target is the whole original text. Rebuilding the text teaches the
+    decoder to read and copy from the encoder and to fill gaps from context: the skills
+    summarising needs, without ever showing a summary of a dialogue."""
     n = len(ids)
-    n_noise = max(1, round(n * density))
-    n_spans = max(1, min(len(sentinel_ids), round(n_noise / mean_span)))
+    n_spans = max(1, round(n * density / mean_span))
     starts = sorted(rng.sample(range(n), min(n_spans, n)))
-    inputs, targets, pos = [], [], 0
-    for k, start in enumerate(starts):
+    inputs, pos = [], 0
+    for start in starts:
         if start < pos:
             continue
         length = max(1, min(round(rng.expovariate(1 / mean_span)), n - start))
-        inputs += ids[pos:start] + [sentinel_ids[k]]
-        targets += [sentinel_ids[k]] + ids[start:start + length]
+        inputs += ids[pos:start] + [mask_id]
         pos = start + length
     inputs += ids[pos:]
-    return {"input_ids": inputs + [eos], "labels": targets + [eos]}
+    return {"input_ids": inputs + [eos], "labels": ids + [eos]}
 
 
 def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir: Path) -> dict:
@@ -98,15 +99,15 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir
     from sumtune.config import TrainConfig
 
     rng = random.Random(seed)
-    sentinels = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(SENTINELS)])
+    mask_id = tokenizer.convert_tokens_to_ids("<extra_id_0>")
     feats = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > 192:  # a random window keeps batches short
-            start = rng.randrange(len(ids) - 192)
-            ids = ids[start:start + 192]
+        if len(ids) > WINDOW:  # a random window keeps batches short
+            start = rng.randrange(len(ids) - WINDOW)
+            ids = ids[start:start + WINDOW]
         if len(ids) >= 4:
-            feats.append(span_corrupt(ids, rng, sentinels, tokenizer.eos_token_id))
+            feats.append(text_infill(ids, rng, mask_id, tokenizer.eos_token_id))
     cfg = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=min(30, steps // 10), max_steps=steps,
                       per_device_batch_size=32, log_every=max(1, steps // 10), seed=seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

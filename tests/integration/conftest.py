@@ -1,0 +1,20 @@
+"""Integration tests: real `accelerate launch` with two CPU processes on a small demo build."""
+
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """A small demo build: same code path as `make demo`, fewer rows and pre-training steps."""
+    from sumtune.demo import build
+
+    out = tmp_path_factory.mktemp("demo")
+    paths = build(out, seed=1, sizes={"train": 160, "validation": 24, "test": 30}, pretrain_steps=8, vocab_size=400)
+    return paths
+

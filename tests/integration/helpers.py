@@ -1,0 +1,46 @@
+"""Helpers for the integration tests: launching, checking, reading."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def launch(script: str, *args: str, processes: int = 2, cwd: Path = REPO, env: dict | None = None,
+           timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` as a user runs it on CPU (DESIGN.md: the config file plus
+    ACCELERATE_USE_CPU=true is what forms one gloo group of several processes)."""
+    config = "cpu_2proc.yaml" if processes == 2 else "cpu_1proc.yaml"
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
+           str(REPO / script), *args]
+    full_env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    return proc
+
+
+
+def run_overrides(demo, tmp: Path, name: str, method: str, steps: int = 6) -> list[str]:
+    data = demo["data"]
+    return [
+        f"run_name={name}", f"output_dir={tmp}", f"model.name_or_path={demo['model']}", f"model.method={method}",
+        "data.source=local",
+        f"data.files={{train: {data}/train.jsonl, validation: {data}/validation.jsonl, test: {data}/test.jsonl}}",
+        "data.max_source_length=192", "data.max_target_length=48",
+        f"train.max_steps={steps}", "train.per_device_batch_size=4", "train.log_every=2", "train.eval_every=3",
+        "train.eval_max_batches=2", "train.warmup_steps=1", "train.lr=1e-3",
+        "generation.max_new_tokens=12", "generation.batch_size=8",
+        "tracker.project=sumtune-tests", "tracker.mode=offline",
+    ]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
