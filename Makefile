@@ -31,6 +31,7 @@ demo: $(STAMP)
 		--candidate base=demo/model --candidate lora=outputs/demo-lora --candidate full=outputs/demo-full
 
 test: $(STAMP)
+	$(BIN)/ruff check sumtune train eval tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from sumtune.config import DataConfig
 from sumtune.errors import DataError

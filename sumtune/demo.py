@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -29,6 +30,9 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import T5TokenizerFast
 
+    # The trainer's parallel sums make scores differ in the last digits from run to run;
+    # one thread keeps the build byte-for-byte reproducible.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     special = ["<pad>", "</s>", "<unk>"] + [f"<extra_id_{i}>" for i in range(SENTINELS)]
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()

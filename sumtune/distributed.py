@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from sumtune import tracking
@@ -11,6 +13,12 @@ from sumtune.config import RunConfig
 def make_accelerator(cfg: RunConfig, grad_accum: int = 1):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        # The DeepSpeed JSON says "auto" for these; Accelerate fills them from its plugin, which
+        # reads the environment. The run config is the one place they are set.
+        os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(cfg.train.max_grad_norm)
+        os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(grad_accum)
 
     # On CPU the process group must be gloo; DeepSpeed otherwise starts alone and fails on its
     # batch-size check (DESIGN.md). GPUs keep Accelerate's default (NCCL).

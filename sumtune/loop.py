@@ -123,6 +123,8 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 if accelerator.sync_gradients:
                     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                    if grad_norm is None:  # DeepSpeed clips inside its engine and may not report
+                        grad_norm = torch.tensor(math.nan)
                 optimizer.step()
                 optimizer.zero_grad()
             tokens = batch["attention_mask"].sum() + (batch["labels"] != -100).sum()

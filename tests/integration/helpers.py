@@ -10,15 +10,20 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def launch(script: str, *args: str, processes: int = 2, cwd: Path = REPO, env: dict | None = None,
-           timeout: int = 600) -> subprocess.CompletedProcess:
-    """`accelerate launch` as a user runs it on CPU (DESIGN.md: the config file plus
-    ACCELERATE_USE_CPU=true is what forms one gloo group of several processes)."""
-    config = "cpu_2proc.yaml" if processes == 2 else "cpu_1proc.yaml"
+def launch(script: str, *args: str, processes: int = 2, config: str | None = None, launcher_args: tuple = (),
+           cwd: Path = REPO, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` as a user runs it on CPU. For plain DDP, the config file plus
+    ACCELERATE_USE_CPU=true is what forms one gloo group of several processes (DESIGN.md); a
+    DeepSpeed config must run WITHOUT that variable, or Accelerate silently drops DeepSpeed."""
+    if config is None:
+        config = "cpu_2proc.yaml" if processes == 2 else "cpu_1proc.yaml"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
-           str(REPO / script), *args]
-    full_env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-                "OMP_NUM_THREADS": "1", **(env or {})}
+           *launcher_args, str(REPO / script), *args]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
+    if "deepspeed" in config:
+        full_env.pop("ACCELERATE_USE_CPU", None)
+    else:
+        full_env["ACCELERATE_USE_CPU"] = "true"
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,7 +5,15 @@ import json
 import pytest
 
 from sumtune.errors import SumtuneError
-from sumtune.evaluation import comparison_markdown, gain_rows, headline, parse_candidate, run_score_only, to_csv, comparison_rows
+from sumtune.evaluation import (
+    comparison_markdown,
+    comparison_rows,
+    gain_rows,
+    headline,
+    parse_candidate,
+    run_score_only,
+    to_csv,
+)
 from sumtune.generation import shard_batches
 
 RESULTS = {
