@@ -88,6 +88,13 @@ class TrainConfig:
     eval_max_batches: int = 0
     # Set the model's dropout probabilities to this value (None: keep the checkpoint's).
     dropout: float | None = None
+    # ROUGE on a fixed validation subset every N optimizer steps and at the end (0: off); the
+    # best checkpoint by best_metric is kept as best/ in the run folder.
+    rouge_every: int = 0
+    rouge_examples: int = 64
+    best_metric: Literal["rouge1", "rouge2", "rougeL", "rougeLsum"] = "rougeLsum"
+    # Stop after this many ROUGE evaluations without a new best (0: never).
+    early_stopping_patience: int = 0
 
 
 @dataclass
@@ -327,6 +334,14 @@ def validate(cfg: RunConfig) -> None:
     _require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _require(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
     _require(t.dropout is None or 0 <= t.dropout < 1, "train.dropout", f"must be in [0, 1), got {t.dropout}")
+    _require(t.rouge_every >= 0, "train.rouge_every", f"must be >= 0, got {t.rouge_every}")
+    _require(t.rouge_examples >= 1, "train.rouge_examples", f"must be >= 1, got {t.rouge_examples}")
+    _require(t.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
+    _require(
+        not t.early_stopping_patience or t.rouge_every,
+        "train.early_stopping_patience",
+        "needs train.rouge_every > 0 (it counts ROUGE evaluations without a new best)",
+    )
     _require(d.max_source_length >= 8, "data.max_source_length", f"must be >= 8, got {d.max_source_length}")
     _require(d.max_target_length >= 2, "data.max_target_length", f"must be >= 2, got {d.max_target_length}")
     _require(

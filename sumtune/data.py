@@ -195,13 +195,15 @@ class EncodeStats:
 
 
 class PromptEncoder:
-    """Turns dialogues into token ids through the instruction template.
+    """Turns dialogues into token ids through the instruction template, optionally after a few
+    solved examples ("shots": dicts with dialogue and summary).
 
     When a prompt is too long, the dialogue is cut, never the instruction around it, and an
-    end-of-sequence token closes the input as in training.
+    end-of-sequence token closes the input as in training. Shots come first and never push the
+    dialogue out: a shot that does not fit in what is left is dropped whole, and counted.
     """
 
-    def __init__(self, tokenizer, template: str, max_source_length: int):
+    def __init__(self, tokenizer, template: str, max_source_length: int, shots: list[dict] | tuple = ()):
         self.tok = tokenizer
         self.max_len = max_source_length
         prefix, suffix = split_template(template)
@@ -215,16 +217,32 @@ class PromptEncoder:
                 f"raise data.max_source_length (now {max_source_length})"
             )
         self.room = room
+        self.shot_ids = [self._ids(format_prompt(template, s["dialogue"]) + s["summary"] + "\n\n") for s in shots]
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def encode(self, dialogue: str) -> tuple[list[int], bool]:
+        """(ids, whether the dialogue was cut)."""
         full = self.tok(format_prompt(self.template, dialogue))["input_ids"]
         if len(full) <= self.max_len:
             return full, False
         body = self._ids(dialogue)[: self.room]
         return self.prefix_ids + body + self.suffix_ids + [self.tok.eos_token_id], True
+
+    def encode_prompt(self, dialogue: str) -> tuple[list[int], bool, int]:
+        """(ids, whether the dialogue was cut, how many shots were dropped)."""
+        target, cut = self.encode(dialogue)
+        room = self.max_len - len(target)
+        used: list[int] = []
+        dropped = 0
+        for shot in self.shot_ids:
+            if len(shot) <= room:
+                used += shot
+                room -= len(shot)
+            else:
+                dropped += 1
+        return used + target, cut, dropped
 
 
 def encode_targets(tokenizer, summary: str, max_target_length: int) -> tuple[list[int], bool]:

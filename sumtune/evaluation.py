@@ -1,34 +1,33 @@
 """Evaluation: candidates -> predictions -> ROUGE -> comparison tables (files and W&B).
 
-A candidate is ``NAME=PATH``: a run folder written by training (a LoRA adapter or a full model,
-with the prompt template it was trained with), or a base model (folder or hub id) scored with the
-config's zero-shot template.
+A candidate is ``NAME=PATH[,shots=K][,template=T]``: a run folder written by training (a LoRA
+adapter or a full model, prompted with the template it was trained with), or a base model (folder
+or hub id) prompted zero-shot, or with K examples from the TRAIN split (few-shot).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from sumtune import data, models, rouge, tracking
+from sumtune import compare, data, models, rouge, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
-from sumtune.prompts import resolve_template
-
-TABLE_COLUMNS = ["model", *rouge.ROUGE_TYPES]
+from sumtune.prompts import TEMPLATES, resolve_template
 
 
 @dataclass
 class Candidate:
     name: str
     path: str
+    shots: int = 0
+    template: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -44,26 +43,36 @@ class Candidate:
 
 
 def parse_candidate(spec: str) -> Candidate:
-    name, sep, path = spec.partition("=")
+    name, sep, rest = spec.partition("=")
+    path, *options = rest.split(",")
     if not sep or not name.strip() or not path.strip():
-        raise SumtuneError(f"--candidate '{spec}': expected NAME=PATH, e.g. lora=outputs/demo-lora")
+        raise SumtuneError(f"--candidate '{spec}': expected NAME=PATH[,shots=K][,template=T], e.g. lora=outputs/demo-lora")
     if not all(c.isalnum() or c in "-_." for c in name):
         raise SumtuneError(f"--candidate '{spec}': the name may hold letters, digits, '-', '_' and '.' only")
-    return Candidate(name.strip(), path.strip())
+    cand = Candidate(name.strip(), path.strip())
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "shots" and value.isdigit():
+            cand.shots = int(value)
+        elif key == "template" and (value in TEMPLATES or "{dialogue}" in value):
+            cand.template = value
+        else:
+            raise SumtuneError(
+                f"--candidate '{spec}': unknown option '{option}'; use shots=K or template=NAME ({', '.join(TEMPLATES)})"
+            )
+    return cand
 
 
-def _trained_template(cand: Candidate, default: str) -> str:
-    """The template the candidate was trained with (from its run folder), else ``default``."""
-    cfg_file = cand.folder / CONFIG_FILE
-    if cfg_file.is_file():
-        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-        return saved.get("data", {}).get("template", default)
-    return default
+def trained_config(folder: Path) -> dict:
+    """The resolved config a run folder was trained with ({} for a plain model folder)."""
+    cfg_file = folder / CONFIG_FILE
+    return (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.is_file() else {}
 
 
 def load_candidate(cand: Candidate, cfg: RunConfig):
-    """(model, tokenizer, template) for one candidate, ready for generation."""
-    template = _trained_template(cand, cfg.data.template)
+    """(model, tokenizer, template) for one candidate. The template: the candidate's own option,
+    else the one its run folder was trained with, else the config's."""
+    template = cand.template or trained_config(cand.folder).get("data", {}).get("template") or cfg.data.template
     if cand.kind == "lora":
         from peft import PeftConfig, PeftModel
 
@@ -72,68 +81,17 @@ def load_candidate(cand: Candidate, cfg: RunConfig):
         model = PeftModel.from_pretrained(models.load_model(base), cand.path)
         tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base)
     else:
-        models.check_model_source(cand.path, key=f"--candidate {cand.name}")
+        models.check_model_source(cand.path, key=f"candidate {cand.name}")
         model = models.load_model(cand.path)
         tokenizer = models.load_tokenizer(cand.path)
     return model, tokenizer, resolve_template(template)
 
 
-# ----------------------------------------------------------------------------- tables
-
-
-def comparison_rows(results: dict[str, dict[str, float]]) -> list[dict]:
-    return [{"model": name, **{k: scores[k] for k in rouge.ROUGE_TYPES}} for name, scores in results.items()]
-
-
-def gain_rows(results: dict[str, dict[str, float]], baseline: str) -> list[dict]:
-    """Absolute improvement over the baseline row, in percentage points."""
-    base = results[baseline]
-    return [
-        {"model": name, **{k: round(100 * (scores[k] - base[k]), 2) for k in rouge.ROUGE_TYPES}}
-        for name, scores in results.items()
-        if name != baseline
-    ]
-
-
-def to_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def to_markdown(rows: list[dict], fmt: str) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join([row["model"]] + [format(row[k], fmt) for k in rouge.ROUGE_TYPES]) + " |")
-    return "\n".join(lines)
-
-
-def headline(results: dict[str, dict[str, float]], baseline: str, metric: str = "rouge1") -> list[str]:
-    """The seed's style: 'base 0.233 rouge1 -> lora 0.408 (+17.5 pp)'."""
-    b = results[baseline][metric]
-    return [
-        f"{baseline} {b:.3f} {metric} -> {name} {s[metric]:.3f} ({100 * (s[metric] - b):+.1f} pp)"
-        for name, s in results.items()
-        if name != baseline
-    ]
-
-
-def comparison_markdown(results: dict[str, dict[str, float]], baseline: str, split: str, n: int) -> str:
-    return "\n".join([
-        f"# ROUGE on the {split} split ({n} examples; F-measure, mean over examples, stemmed)",
-        "",
-        to_markdown(comparison_rows(results), ".4f"),
-        "",
-        f"## Absolute gain over `{baseline}` (percentage points)",
-        "",
-        to_markdown(gain_rows(results, baseline), "+.2f"),
-        "",
-        *headline(results, baseline),
-        "",
-    ])
+def draw_shots(train_records: list[dict], k: int, seed: int) -> list[dict]:
+    """k examples drawn from the TRAIN split, the same for every evaluated example."""
+    if k > len(train_records):
+        raise SumtuneError(f"shots={k} but the train split has only {len(train_records)} examples")
+    return random.Random(seed).sample(train_records, k)
 
 
 # ----------------------------------------------------------------------------- running
@@ -150,7 +108,7 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise SumtuneError(f"{out} already holds an evaluation; choose another --out or pass --overwrite")
 
 
-def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, accelerator) -> dict:
+def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, accelerator) -> compare.Comparison:
     """Generate and score every candidate on ``cfg.eval.split``; main process writes the files."""
     from sumtune.generation import generate
 
@@ -159,61 +117,54 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
         raise SumtuneError(f"--candidate names must be unique, got {', '.join(names)}")
     with accelerator.main_process_first():
         records, read = data.load_split(cfg.data, cfg.eval.split, cfg.data.max_eval_examples)
+        train_records = data.load_split(cfg.data, "train")[0] if any(c.shots for c in candidates) else []
     tracking.say(accelerator, f"{cfg.eval.split}: {len(records)} examples ({read.skipped} bad rows skipped)")
     dialogues = [r["dialogue"] for r in records]
     references = [r["summary"] for r in records]
-    results: dict[str, dict] = {}
-    prediction_rows = []
+    results: list[compare.Result] = []
     for cand in candidates:
         model, tokenizer, template = load_candidate(cand, cfg)
         model.to(accelerator.device)
-        encoder = data.PromptEncoder(tokenizer, template, cfg.data.max_source_length)
+        shots = draw_shots(train_records, cand.shots, cfg.train.seed) if cand.shots else []
+        encoder = data.PromptEncoder(tokenizer, template, cfg.data.max_source_length, shots=shots)
         started = time.perf_counter()
-        preds, truncated = generate(accelerator, model, tokenizer, encoder, dialogues, cfg.generation)
+        preds, stats = generate(accelerator, model, tokenizer, encoder, dialogues, cfg.generation)
         seconds = time.perf_counter() - started
         means, per_example = rouge.score(preds, references)
         metrics = {
             **means,
             "examples": len(records),
-            "prompts_truncated": truncated,
+            "prompts_truncated": stats.truncated,
+            "shots": cand.shots,
+            "shots_dropped": stats.shots_dropped,
+            "shot_ids": [s["id"] for s in shots],
             "summaries_per_second": round(len(records) / seconds, 3),
+            "generation_seconds": round(seconds, 3),
             "candidate": cand.path,
             "kind": cand.kind,
             "split": cfg.eval.split,
             "template": template,
             "generation": to_dict(cfg.generation),
         }
-        results[cand.name] = metrics
-        tracking.say(accelerator, f"{cand.name}: " + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES))
+        note = f"; {stats.shots_dropped} shots dropped as too long" if cand.shots else ""
+        tracking.say(accelerator, f"{cand.name}: " + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES)
+                     + f" ({metrics['summaries_per_second']} summaries/s{note})")
         accelerator.log({f"{cand.name}/{k}": means[k] for k in rouge.ROUGE_TYPES})
+        rows = [{"id": r["id"], "dialogue": r["dialogue"], "reference": r["summary"], "prediction": p}
+                for r, p in zip(records, preds)]
+        results.append(compare.Result(cand.name, rows, per_example=per_example, extra=metrics))
         if accelerator.is_main_process:
             folder = out / cand.name
             folder.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(folder / "predictions.jsonl", [
-                {"id": r["id"], "dialogue": r["dialogue"], "reference": r["summary"], "prediction": p}
-                for r, p in zip(records, preds)
-            ])
+            _write_jsonl(folder / "predictions.jsonl", rows)
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            prediction_rows += [
-                [cand.name, r["id"], r["dialogue"], r["summary"], p, s["rougeLsum"]]
-                for r, p, s in zip(records, preds, per_example)
-            ]
         del model
-    baseline = candidates[0].name
-    scores = {name: {k: m[k] for k in rouge.ROUGE_TYPES} for name, m in results.items()}
+    comparison = compare.compare(results, split=cfg.eval.split, seed=cfg.train.seed)
     if accelerator.is_main_process:
-        (out / "comparison.csv").write_text(to_csv(comparison_rows(scores)), encoding="utf-8")
-        (out / "comparison.md").write_text(comparison_markdown(scores, baseline, cfg.eval.split, len(records)),
-                                           encoding="utf-8")
-        if len(scores) > 1:
-            (out / "gain_pp.csv").write_text(to_csv(gain_rows(scores, baseline)), encoding="utf-8")
-    tracking.log_table(accelerator, "predictions", ["candidate", "id", "dialogue", "reference", "prediction", "rougeLsum"],
-                       prediction_rows)
-    tracking.log_table(accelerator, "comparison", TABLE_COLUMNS,
-                       [[r["model"], *[r[k] for k in rouge.ROUGE_TYPES]] for r in comparison_rows(scores)])
-    tracking.set_summary(accelerator, {f"{n}/{k}": s[k] for n, s in scores.items() for k in rouge.ROUGE_TYPES})
+        compare.write(out, results, comparison)
+    compare.log_to_tracker(accelerator, results, comparison)
     accelerator.wait_for_everyone()
-    return scores
+    return comparison
 
 
 def score_file(path: Path) -> tuple[dict[str, float], int]:
@@ -246,7 +197,7 @@ def score_file(path: Path) -> tuple[dict[str, float], int]:
     return means, len(preds)
 
 
-def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool = False) -> dict:
+def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool = False) -> compare.Comparison:
     """Evaluate candidates under the current (possibly multi-process) launch."""
     from sumtune.distributed import make_accelerator
 
@@ -256,13 +207,41 @@ def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool =
     check_out_dir(out, overwrite)
     accelerator = make_accelerator(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"eval-{out.name}"
-    tracking.start(accelerator, cfg.tracker, name, out, {**to_dict(cfg), "candidates": candidate_specs}, job_type="eval")
-    scores = evaluate_candidates(cfg, candidates, out, accelerator)
+    tracking.start(accelerator, cfg.tracker, f"eval-{out.name}", out,
+                   {**to_dict(cfg), "candidates": candidate_specs}, job_type="eval")
+    comparison = evaluate_candidates(cfg, candidates, out, accelerator)
     if accelerator.is_main_process:
-        print((out / "comparison.md").read_text(encoding="utf-8"), flush=True)
+        print(compare.markdown(comparison), flush=True)
     accelerator.end_training()
-    return scores
+    return comparison
+
+
+def run_compare(cfg: RunConfig, folders: list[Path], out: Path, baseline: str | None, overwrite: bool = False):
+    """Build the comparison from result folders written earlier (no model is loaded)."""
+    from accelerate import Accelerator
+
+    check_out_dir(out, overwrite)
+    candidates = []
+    for folder in folders:
+        if (folder / "predictions.jsonl").is_file():
+            candidates.append(folder)
+        else:  # an evaluation's --out folder: take every candidate in it, in name order
+            inner = sorted(p.parent for p in folder.glob("*/predictions.jsonl"))
+            if not inner:
+                raise SumtuneError(f"{folder}: holds no predictions.jsonl, nor candidate folders with one")
+            candidates += inner
+    results = [compare.load_result(f) for f in candidates]
+    splits = {r.extra.get("split") for r in results if r.extra.get("split")}
+    comparison = compare.compare(results, baseline=baseline, split="/".join(sorted(splits)) or "?", seed=cfg.train.seed)
+    accelerator = Accelerator(cpu=True, log_with=tracking.log_with(cfg.tracker))
+    out.mkdir(parents=True, exist_ok=True)
+    compare.write(out, results, comparison)
+    tracking.start(accelerator, cfg.tracker, f"compare-{out.name}", out,
+                   {"folders": [str(f) for f in candidates], "baseline": comparison.baseline}, job_type="compare")
+    compare.log_to_tracker(accelerator, results, comparison)
+    print(compare.markdown(comparison), flush=True)
+    accelerator.end_training()
+    return comparison
 
 
 def run_score_only(path: Path, out: Path | None, overwrite: bool = False) -> dict:
@@ -272,6 +251,7 @@ def run_score_only(path: Path, out: Path | None, overwrite: bool = False) -> dic
         raise SumtuneError(f"{target} already exists; pass --overwrite or choose --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({**means, "examples": n, "predictions": str(path)}, indent=2) + "\n", encoding="utf-8")
-    print(to_markdown(comparison_rows({path.stem: means}), ".4f"))
+    print(compare.md_row(compare.TABLE_COLUMNS))
+    print(compare.md_row([path.stem, *(f"{means[k]:.4f}" for k in rouge.ROUGE_TYPES)]))
     print(f"[sumtune] {n} examples scored; metrics written to {target}")
     return means

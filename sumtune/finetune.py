@@ -10,6 +10,7 @@ import torch
 from sumtune import checkpoints, data, loop, models, tracking
 from sumtune.config import RunConfig, to_dict
 from sumtune.distributed import make_accelerator, world_size
+from sumtune.validation import RougeValidator
 
 
 def run(cfg: RunConfig) -> dict:
@@ -52,12 +53,17 @@ def run(cfg: RunConfig) -> dict:
 
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
+        checkpoints.clear_finished(run_dir)  # only reached for a new run or with overwrite=true
         checkpoints.write_config(cfg, run_dir)
+    validator = RougeValidator(accelerator, tokenizer, val_records, cfg) if cfg.train.rouge_every else None
     tracking.start(accelerator, cfg.tracker, cfg.run_name, run_dir, to_dict(cfg), job_type="train")
     log = tracking.RunLog(accelerator, run_dir / "train_log.jsonl")
 
     started = time.perf_counter()
-    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log)
+    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log, validator)
+    if validator:
+        metrics.update(validator.summary())
+        say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")
     metrics.update(
         method=cfg.model.method,
         base_model=cfg.model.name_or_path,
@@ -69,7 +75,8 @@ def run(cfg: RunConfig) -> dict:
         truncated={"train": vars(train_enc), "validation": vars(val_enc)},
     )
     checkpoints.save_run(accelerator, model, tokenizer, cfg, metrics)
-    tracking.set_summary(accelerator, {"final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss")})
+    tracking.set_summary(accelerator, {"final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss"),
+                                       **({k: v for k, v in metrics.items() if k.startswith("best_")})})
     say(f"saved {run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f})")
     accelerator.end_training()
     return metrics

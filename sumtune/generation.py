@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from sumtune.config import GenerationConfig
 from sumtune.data import PromptEncoder
+
+
+@dataclass
+class PromptStats:
+    truncated: int = 0  # prompts whose dialogue was cut to fit max_source_length
+    shots_dropped: int = 0  # few-shot examples left out because they did not fit
 
 
 def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
@@ -18,14 +26,14 @@ def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) ->
 
 @torch.no_grad()
 def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: list[str], gen: GenerationConfig,
-             progress: bool = True) -> tuple[list[str], int]:
-    """Summaries for ``dialogues`` in their order, on every rank; also how many prompts were cut."""
+             progress: bool = True) -> tuple[list[str], PromptStats]:
+    """Summaries for ``dialogues`` in their order, on every rank, and what building the prompts cut."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    encoded = [encoder.encode(d) for d in dialogues]
-    inputs = [ids for ids, _ in encoded]
-    truncated = sum(cut for _, cut in encoded)
+    encoded = [encoder.encode_prompt(d) for d in dialogues]
+    inputs = [ids for ids, _, _ in encoded]
+    stats = PromptStats(sum(cut for _, cut, _ in encoded), sum(dropped for _, _, dropped in encoded))
     batches = shard_batches([len(x) for x in inputs], gen.batch_size, accelerator.process_index,
                             accelerator.num_processes)
     model.eval()
@@ -57,4 +65,4 @@ def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: l
     missing = [i for i, t in enumerate(result) if t is None]
     if missing:
         raise RuntimeError(f"{len(missing)} examples were not generated (first: {missing[0]})")
-    return result, truncated
+    return result, stats

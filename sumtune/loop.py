@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -104,18 +105,24 @@ def validation_loss(accelerator, model, dataloader, max_batches: int = 0) -> flo
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog) -> dict:
-    """Train for ``plan.total_steps`` optimizer steps; returns the final metrics."""
+def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
+        validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None) -> dict:
+    """Train for ``plan.total_steps`` optimizer steps; returns the final metrics.
+
+    ``validate(model, step)`` (ROUGE on validation data) runs every ``cfg.rouge_every`` steps and
+    at the end; it may ask to stop early, which every rank must agree on.
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.total_steps, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
     step = 0
+    stopped_early = False
     window = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss sum, batches, tokens, samples
     window_start = time.perf_counter()
     grad_norm = torch.tensor(0.0)
     last: dict = {}
     model.train()
-    while step < plan.total_steps:
+    while step < plan.total_steps and not stopped_early:
         for batch in train_dl:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -154,10 +161,18 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 window_start = time.perf_counter()
             if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
                 log.log({"val_loss": validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)}, step=step)
+            if validate and (step % cfg.rouge_every == 0 or step == plan.total_steps):
+                scores, stop = validate(model, step)
+                log.log(scores, step=step)
+                if stop:
+                    accelerator.set_trigger()
+            if accelerator.check_trigger():
+                stopped_early = True
+                break
             if step >= plan.total_steps:
                 break
     bar.close()
-    final = {"step": step, "train_loss": last.get("loss")}
+    final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early}
     if val_dl is not None:
         final["val_loss"] = validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)
         log.log({"val_loss": final["val_loss"]}, step=step)

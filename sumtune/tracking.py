@@ -59,7 +59,15 @@ def start(accelerator, cfg: TrackerConfig, run_name: str, run_dir: Path, config:
             "job_type": job_type,
         }
     }
-    accelerator.init_trackers(cfg.project, config=config, init_kwargs=init)
+    try:
+        accelerator.init_trackers(cfg.project, config=config, init_kwargs=init)
+    except Exception as err:  # noqa: BLE001 - W&B raises many types; a tracker must never fail a run
+        if mode == "offline":
+            raise
+        print(f"[sumtune] W&B {mode} start failed ({str(err).splitlines()[0][:120]}); logging offline instead")
+        init["wandb"]["mode"] = mode = "offline"
+        accelerator.trackers.clear()
+        accelerator.init_trackers(cfg.project, config=config, init_kwargs=init)
     if accelerator.is_main_process and mode == "offline":
         print(f"[sumtune] W&B offline: upload later with `wandb sync {run_dir}/wandb/offline-run-*`")
 

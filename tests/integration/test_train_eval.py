@@ -119,7 +119,10 @@ def test_evaluate_two_processes_scores_every_example_once(runs, demo):
     tables = {p.name.split("_")[0] for p in offline.glob("files/media/table/*.table.json")}
     assert {"predictions", "comparison"} <= tables
     table = json.loads(next(offline.glob("files/media/table/comparison_*.table.json")).read_text())
-    assert [r[0] for r in table["data"]] == ["base", "lora", "full"]
+    assert table["columns"][:5] == ["model", "metric", "mean", "ci_low", "ci_high"]
+    assert list(dict.fromkeys(r[0] for r in table["data"])) == ["base", "lora", "full"]
+    lora_rouge1 = next(r for r in table["data"] if r[:2] == ["lora", "rouge1"])
+    assert lora_rouge1[2] == pytest.approx(float(rows[1]["rouge1"]), abs=1e-4)
 
 
 def test_deepspeed_zero2_computes_what_ddp_computes(runs, demo):

@@ -143,3 +143,24 @@ def test_batches_per_rank_matches_accelerates_own_sharding(n, bs, world):
         shard = BatchSamplerShard(BatchSampler(SequentialSampler(range(n)), bs, False), num_processes=world,
                                   process_index=rank, even_batches=True)
         assert len(list(shard)) == batches_per_rank(n, bs, world)
+
+
+def test_few_shot_prompt_keeps_the_dialogue_and_drops_shots_that_do_not_fit(tokenizer):
+    from sumtune.data import PromptEncoder
+
+    short = {"id": "s", "dialogue": "Tom: yes", "summary": "Tom."}
+    long = {"id": "l", "dialogue": "Anna: shall we meet at the library? " * 10, "summary": "Anna."}
+    probe = PromptEncoder(tokenizer, "seed", 1000, shots=[long, short])
+    target = len(probe.encode("Tom: I will bring the notes")[0])
+    budget = target + len(probe.shot_ids[1]) + 2  # room for the short shot only
+    assert len(probe.shot_ids[0]) > len(probe.shot_ids[1]) + 2
+    enc = PromptEncoder(tokenizer, "seed", budget, shots=[long, short])
+    alone, cut = enc.encode("Tom: I will bring the notes")
+    ids, cut2, dropped = enc.encode_prompt("Tom: I will bring the notes")
+    assert dropped == 1  # the long shot does not fit: dropped whole, and counted
+    assert not cut and not cut2
+    assert ids[-len(alone):] == alone  # the evaluated dialogue's prompt is intact, at the end
+    assert len(ids) == len(alone) + len(probe.shot_ids[1]) <= budget
+    assert "Tom." in tokenizer.decode(ids[: len(ids) - len(alone)])
+    zero = PromptEncoder(tokenizer, "seed", budget)
+    assert zero.encode_prompt("Tom: yes") == (*zero.encode("Tom: yes"), 0)

@@ -1,0 +1,88 @@
+"""Summarise new dialogues with a run folder or a base model, as evaluation would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sumtune.checkpoints import CONFIG_FILE
+from sumtune.config import RunConfig, load_config
+from sumtune.data import PromptEncoder
+from sumtune.errors import DataError, SumtuneError
+from sumtune.evaluation import Candidate, load_candidate
+
+CHUNK = 256  # dialogues generated (length-sorted) and written per round
+
+
+def summarizer_config(model: str, config: str | None, overrides: list[str]) -> RunConfig:
+    """The run folder's own config (template, lengths, generation) unless --config is given."""
+    saved = Path(model) / CONFIG_FILE
+    return load_config(config or (saved if saved.is_file() else None), overrides)
+
+
+class Summarizer:
+    def __init__(self, cfg: RunConfig, model_path: str):
+        import torch
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.model, self.tok, template = load_candidate(Candidate("model", model_path), cfg)
+        self.model.to(self.acc.device)
+        self.encoder = PromptEncoder(self.tok, template, cfg.data.max_source_length)
+
+    def __call__(self, dialogues: list[str]) -> list[str]:
+        from sumtune.generation import generate
+
+        return generate(self.acc, self.model, self.tok, self.encoder, dialogues, self.cfg.generation, progress=False)[0]
+
+
+def summarize_texts(cfg: RunConfig, model_path: str, texts: list[str]) -> list[str]:
+    texts = [t.strip() for t in texts]
+    if not all(texts):
+        raise SumtuneError("the dialogue is empty: pass it on stdin or with --input FILE")
+    return Summarizer(cfg, model_path)(texts)
+
+
+def read_dialogues(path: Path, column: str) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+        text = row.get(column) if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path} line {lineno}: '{column}' is missing, empty or not text (see --column)")
+        rows.append((str(row.get("id", lineno)), text))
+    if not rows:
+        raise DataError(f"{path}: no dialogues")
+    return rows
+
+
+def summarize_file(cfg: RunConfig, model_path: str, path: Path, out: Path | None, column: str, overwrite: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    rows = read_dialogues(path, column)
+    out = out or path.with_suffix(".summaries.jsonl")
+    if out.exists() and not overwrite:
+        raise SumtuneError(f"{out} already exists; pass --overwrite or choose --out")
+    summarize = Summarizer(cfg, model_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f, tqdm(total=len(rows), desc="summarize", unit="dialogue") as bar:
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            for (rid, _), summary in zip(chunk, summarize([t for _, t in chunk])):
+                f.write(json.dumps({"id": rid, "summary": summary}, ensure_ascii=False) + "\n")
+            f.flush()  # summaries of finished chunks are on disk even if a later chunk fails
+            bar.update(len(chunk))
+    print(f"[sumtune] {len(rows)} summaries written to {out}")
+    return out

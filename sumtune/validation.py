@@ -1,0 +1,58 @@
+"""ROUGE during training on a fixed validation subset; the best checkpoint is kept as best/.
+
+The test split is never read here: only the first ``train.rouge_examples`` validation examples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from sumtune import checkpoints, rouge
+from sumtune.config import RunConfig
+from sumtune.data import PromptEncoder
+from sumtune.generation import generate
+
+
+class RougeValidator:
+    def __init__(self, accelerator, tokenizer, val_records: list[dict], cfg: RunConfig):
+        self.acc = accelerator
+        self.tok = tokenizer
+        self.cfg = cfg
+        self.records = val_records[: cfg.train.rouge_examples]
+        self.encoder = PromptEncoder(tokenizer, cfg.data.template, cfg.data.max_source_length)
+        self.metric = cfg.train.best_metric
+        self.best = -math.inf
+        self.best_step: int | None = None
+        self.evals_without_best = 0
+
+    @property
+    def best_dir(self) -> Path:
+        return self.cfg.run_dir / "best"
+
+    def __call__(self, model, step: int) -> tuple[dict, bool]:
+        """Score the model now; save it as best/ if it beats every earlier score. Returns the
+        scores to log and whether early stopping asks to stop (the same on every rank, since
+        every rank sees the gathered predictions)."""
+        net = self.acc.unwrap_model(model)
+        preds, _ = generate(self.acc, net, self.tok, self.encoder, [r["dialogue"] for r in self.records],
+                            self.cfg.generation, progress=False)
+        model.train()
+        means, _ = rouge.score(preds, [r["summary"] for r in self.records])
+        scores = {f"val_{k}": v for k, v in means.items()}
+        if means[self.metric] > self.best:
+            self.best, self.best_step, self.evals_without_best = means[self.metric], step, 0
+            checkpoints.save_model(self.acc, model, self.tok, self.best_dir, atomic=True)
+            if self.acc.is_main_process:
+                info = {"step": step, "metric": self.metric, **scores, "examples": len(self.records)}
+                (self.best_dir / "best.json").write_text(json.dumps(info, indent=2) + "\n")
+                checkpoints.write_config(self.cfg, self.best_dir)
+            self.acc.wait_for_everyone()
+        else:
+            self.evals_without_best += 1
+        patience = self.cfg.train.early_stopping_patience
+        return scores, bool(patience and self.evals_without_best >= patience)
+
+    def summary(self) -> dict:
+        return {"best_step": self.best_step, f"best_val_{self.metric}": self.best}

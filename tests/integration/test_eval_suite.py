@@ -1,0 +1,136 @@
+"""In-training ROUGE with best/ and early stopping, prompt baselines, comparison, inference CLI."""
+
+import csv
+import json
+import subprocess
+
+import pytest
+from helpers import BIN, REPO, check, launch, read_jsonl, run_overrides
+
+
+def overrides(demo, tmp, name, *extra):
+    # The test split points at a file that does not exist: training must never read it.
+    base = [o for o in run_overrides(demo, tmp, name, "lora") if not o.startswith("data.files=")]
+    data = demo["data"]
+    return [*base, f"data.files={{train: {data}/train.jsonl, validation: {data}/validation.jsonl, "
+                   f"test: {tmp}/no-such-test.jsonl}}", *extra]
+
+
+@pytest.fixture(scope="module")
+def rouge_run(demo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("suite")
+    check(launch("train/finetune.py", *overrides(demo, tmp, "lora-rouge", "train.rouge_every=2", "train.rouge_examples=8",
+                                                 "train.lr=3e-3")))
+    return tmp, tmp / "lora-rouge"
+
+
+def test_best_is_the_step_with_the_highest_validation_score(rouge_run, demo):
+    _, run = rouge_run
+    log = read_jsonl(run / "train_log.jsonl")
+    scored = [(r["step"], r["val_rougeLsum"]) for r in log if "val_rougeLsum" in r]
+    assert [s for s, _ in scored] == [2, 4, 6]
+    best_value = max(v for _, v in scored)
+    best_step = next(s for s, v in scored if v == best_value)  # the first to reach it
+    info = json.loads((run / "best" / "best.json").read_text())
+    assert info["step"] == best_step and info["val_rougeLsum"] == pytest.approx(best_value)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_step"] == best_step
+    for folder in (run, run / "best", run / "final"):
+        assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
+    assert (run / "final" / "adapter_model.safetensors").read_bytes() == (run / "adapter_model.safetensors").read_bytes()
+    assert not (run / "best.tmp").exists() and not (run / "best.old").exists()
+
+
+def test_early_stopping_is_agreed_across_ranks(demo, tmp_path):
+    # A learning rate too small to change any summary: no new best after the first score.
+    proc = check(launch("train/finetune.py", *overrides(demo, tmp_path, "stop", "train.rouge_every=1",
+                                                        "train.rouge_examples=4", "train.early_stopping_patience=1",
+                                                        "train.lr=1e-12", "train.max_steps=20")))
+    metrics = json.loads((tmp_path / "stop" / "metrics.json").read_text())
+    assert metrics["stopped_early"] is True and metrics["step"] == 2 and metrics["world_size"] == 2
+    assert "saved" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def evaluated(rouge_run, demo):
+    tmp, run = rouge_run
+    out = tmp / "eval"
+    check(launch(
+        "eval/evaluate.py", "--out", str(out),
+        "--candidate", f"zero={demo['model']}", "--candidate", f"one={demo['model']},shots=1",
+        "--candidate", f"few={demo['model']},shots=3", "--candidate", f"lora={run}",
+        *run_overrides(demo, tmp, "eval", "lora"), "data.max_source_length=160",
+    ))
+    return out
+
+
+def test_prompt_baselines_take_shots_from_train_only_and_report_drops(evaluated, demo):
+    train_ids = {r["id"] for r in read_jsonl(demo["data"] / "train.jsonl")}
+    test_ids = {r["id"] for r in read_jsonl(demo["data"] / "test.jsonl")}
+    zero = json.loads((evaluated / "zero" / "metrics.json").read_text())
+    few = json.loads((evaluated / "few" / "metrics.json").read_text())
+    one = json.loads((evaluated / "one" / "metrics.json").read_text())
+    assert zero["shots"] == 0 and zero["shot_ids"] == [] and zero["shots_dropped"] == 0
+    assert len(few["shot_ids"]) == 3 and set(few["shot_ids"]) <= train_ids and not set(few["shot_ids"]) & test_ids
+    assert len(one["shot_ids"]) == 1 and set(one["shot_ids"]) <= train_ids
+    # 3 shots and the dialogue cannot all fit in 160 tokens: some shots are dropped and counted...
+    assert few["shots_dropped"] > 0
+    # ...while every evaluated dialogue was cut no more than zero-shot cut it.
+    assert few["prompts_truncated"] == zero["prompts_truncated"]
+
+
+def test_comparison_has_intervals_gains_and_a_report(evaluated):
+    rows = list(csv.DictReader((evaluated / "comparison.csv").open()))
+    assert [r["model"] for r in rows] == ["zero", "one", "few", "lora"]
+    ci = list(csv.DictReader((evaluated / "comparison_ci.csv").open()))
+    assert len(ci) == 16
+    for row in ci:
+        assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+        if row["model"] != "zero":
+            assert float(row["gain_ci_low_pp"]) <= float(row["gain_pp"]) <= float(row["gain_ci_high_pp"])
+    report = (evaluated / "report.md").read_text()
+    assert "## lora: worst 5 by rougeLsum" in report and "## zero: best 5 by rougeLsum" in report
+    (offline,) = list((evaluated / "wandb").glob("offline-run-*"))
+    tables = {p.name.split("_")[0] for p in offline.glob("files/media/table/*.table.json")}
+    assert {"predictions", "comparison", "extremes"} <= tables
+
+
+def test_compare_cli_rebuilds_the_table_from_folders_with_another_baseline(evaluated, tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/compare.py"), "tracker.mode=offline",
+                           "--results", str(evaluated), "--baseline", "lora", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["model"] for r in rows] == ["lora", "few", "one", "zero"]  # baseline first, then folder order
+    original = {r["model"]: r for r in csv.DictReader((evaluated / "comparison.csv").open())}
+    for r in rows:
+        assert r == original[r["model"]]  # the same numbers, re-derived from the predictions
+    gains = {r["model"]: float(r["rouge1"]) for r in csv.DictReader((out / "gain_pp.csv").open())}
+    assert gains["zero"] == pytest.approx(100 * (float(original["zero"]["rouge1"]) - float(original["lora"]["rouge1"])), abs=0.02)
+    assert list((out / "wandb").glob("offline-run-*/files/media/table/comparison_*.table.json"))
+
+
+def test_inference_cli_gives_the_evaluation_summaries(evaluated, rouge_run, demo, tmp_path):
+    _, run = rouge_run
+    out = tmp_path / "summaries.jsonl"
+    proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
+                           "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out), "data.max_source_length=160"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli = read_jsonl(out)
+    evaluation = read_jsonl(evaluated / "lora" / "predictions.jsonl")
+    assert [r["id"] for r in cli] == [r["id"] for r in evaluation]
+    assert [r["summary"] for r in cli] == [r["prediction"] for r in evaluation]
+    # one dialogue on stdin
+    first = evaluation[0]
+    one = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run), "data.max_source_length=160"],
+                         input=first["dialogue"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.stdout.strip() == first["prediction"]
+    # nothing the user has is overwritten
+    again = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
+                            "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out)],
+                           capture_output=True, text=True, cwd=REPO, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert again.returncode == 2 and "already exists" in again.stderr
