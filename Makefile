@@ -28,7 +28,8 @@ demo: $(STAMP)
 	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_lora.yaml overwrite=true
 	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_full.yaml overwrite=true
 	$(CPU_LAUNCH) eval/evaluate.py --config configs/train/demo_lora.yaml --out outputs/demo-eval --overwrite \
-		--candidate base=demo/model --candidate lora=outputs/demo-lora --candidate full=outputs/demo-full
+		--candidate zero-shot=demo/model --candidate one-shot=demo/model,shots=1 --candidate few-shot=demo/model,shots=3 \
+		--candidate lora=outputs/demo-lora --candidate full=outputs/demo-full
 
 test: $(STAMP)
 	$(BIN)/ruff check sumtune train eval tests
