@@ -8,6 +8,9 @@ STAMP := $(VENV)/.sumtune-installed
 # Offline by design: no hub lookups at run time; W&B falls back to offline without a key.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed compiles its ops on first use (about a minute on CPU); keep them where the next run,
+# CI included, finds them.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/sumtune/torch_extensions
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
 
 .PHONY: setup demo test lint clean

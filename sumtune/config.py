@@ -36,6 +36,8 @@ class ModelConfig:
     name_or_path: str = "google/flan-t5-base"
     method: Literal["full", "lora"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # Load the frozen base in 8 or 4 bits (bitsandbytes) under LoRA; not with DeepSpeed ZeRO-3.
+    quantization: Literal["none", "8bit", "4bit"] = "none"
     gradient_checkpointing: bool = False
 
 
@@ -352,6 +354,11 @@ def validate(cfg: RunConfig) -> None:
     _require(d.source in ("samsum", "dialogsum", "local"), "data.source", f"must be samsum, dialogsum or local, got {d.source!r}")
     if d.source == "local":
         _require(bool(d.files), "data.files", "source 'local' needs files, e.g. {train: data/train.jsonl}")
+    _require(
+        m.quantization == "none" or m.method == "lora",
+        "model.quantization",
+        f"{m.quantization} needs model.method=lora (a quantized base cannot be fully fine-tuned)",
+    )
     _require(m.lora.r >= 1, "model.lora.r", f"must be >= 1, got {m.lora.r}")
     _require(m.lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {m.lora.alpha}")
     _require(0 <= m.lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {m.lora.dropout}")

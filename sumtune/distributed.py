@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -22,7 +24,9 @@ def make_accelerator(cfg: RunConfig, grad_accum: int = 1):
 
     # On CPU the process group must be gloo; DeepSpeed otherwise starts alone and fails on its
     # batch-size check (DESIGN.md). GPUs keep Accelerate's default (NCCL).
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    # A single process must not get it: Accelerate would then ask a group that was never formed.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
     return Accelerator(
         gradient_accumulation_steps=grad_accum,
         log_with=tracking.log_with(cfg.tracker),
@@ -35,3 +39,14 @@ def world_size() -> int:
     """Size of the process group actually formed (1 when none was)."""
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def deepspeed_stage() -> int | None:
+    """The ZeRO stage this process was launched with (None without DeepSpeed)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return None
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and Path(path).is_file():
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", stage)
+    return int(stage) if stage not in (None, "") else None

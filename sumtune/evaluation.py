@@ -72,13 +72,16 @@ def trained_config(folder: Path) -> dict:
 def load_candidate(cand: Candidate, cfg: RunConfig):
     """(model, tokenizer, template) for one candidate. The template: the candidate's own option,
     else the one its run folder was trained with, else the config's."""
-    template = cand.template or trained_config(cand.folder).get("data", {}).get("template") or cfg.data.template
+    trained = trained_config(cand.folder)
+    template = cand.template or trained.get("data", {}).get("template") or cfg.data.template
     if cand.kind == "lora":
         from peft import PeftConfig, PeftModel
 
         base = PeftConfig.from_pretrained(cand.path).base_model_name_or_path
         models.check_model_source(base, key=f"base model of adapter {cand.path}")
-        model = PeftModel.from_pretrained(models.load_model(base), cand.path)
+        # An adapter trained on an 8/4-bit base is evaluated on the base it was trained with.
+        quantization = trained.get("model", {}).get("quantization", "none")
+        model = PeftModel.from_pretrained(models.load_model(base, quantization=quantization), cand.path)
         tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base)
     else:
         models.check_model_source(cand.path, key=f"candidate {cand.name}")
@@ -124,7 +127,7 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
     results: list[compare.Result] = []
     for cand in candidates:
         model, tokenizer, template = load_candidate(cand, cfg)
-        model.to(accelerator.device)
+        models.to_device(model, accelerator.device)
         shots = draw_shots(train_records, cand.shots, cfg.train.seed) if cand.shots else []
         encoder = data.PromptEncoder(tokenizer, template, cfg.data.max_source_length, shots=shots)
         started = time.perf_counter()

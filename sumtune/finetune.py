@@ -9,7 +9,7 @@ import torch
 
 from sumtune import checkpoints, data, loop, models, tracking
 from sumtune.config import RunConfig, to_dict
-from sumtune.distributed import make_accelerator, world_size
+from sumtune.distributed import deepspeed_stage, make_accelerator, world_size
 from sumtune.validation import RougeValidator
 
 
@@ -17,6 +17,7 @@ def run(cfg: RunConfig) -> dict:
     checkpoints.check_output_dir(cfg)
     mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     models.check_precision(cfg.model.name_or_path, mixed)
+    models.check_quantization(cfg.model.quantization, deepspeed_stage())
 
     from accelerate.utils import set_seed
 
@@ -24,7 +25,8 @@ def run(cfg: RunConfig) -> dict:
     # The model is built before the Accelerator: under ZeRO-3 a model created after it loses
     # FLAN-T5's untied lm_head (DESIGN.md).
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-    model = models.apply_method(models.load_model(cfg.model.name_or_path, cfg.train.dropout), cfg.model)
+    base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization)
+    model = models.apply_method(base, cfg.model)
     accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
     say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
 
@@ -40,7 +42,8 @@ def run(cfg: RunConfig) -> dict:
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}")
     say(f"plan: {plan.describe()}")
     trainable, total = models.count_parameters(model)
-    say(f"method {cfg.model.method}: {trainable:,} of {total:,} parameters trainable")
+    quant = f", base in {cfg.model.quantization}" if cfg.model.quantization != "none" else ""
+    say(f"method {cfg.model.method}{quant}: {trainable:,} of {total:,} parameters trainable")
 
     collate = data.make_collator(tokenizer)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -66,6 +69,7 @@ def run(cfg: RunConfig) -> dict:
         say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")
     metrics.update(
         method=cfg.model.method,
+        quantization=cfg.model.quantization,
         base_model=cfg.model.name_or_path,
         train_seconds=round(time.perf_counter() - started, 2),
         trainable_parameters=trainable,

@@ -10,6 +10,12 @@ from sumtune.config import GenerationConfig
 from sumtune.data import PromptEncoder
 
 
+def _zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
 @dataclass
 class PromptStats:
     truncated: int = 0  # prompts whose dialogue was cut to fit max_source_length
@@ -36,11 +42,20 @@ def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: l
     stats = PromptStats(sum(cut for _, cut, _ in encoded), sum(dropped for _, _, dropped in encoded))
     batches = shard_batches([len(x) for x in inputs], gen.batch_size, accelerator.process_index,
                             accelerator.num_processes)
+    # Under ZeRO-3 every forward is a collective (weights are gathered layer by layer): each rank
+    # must call generate as often as the others, so a rank short of a batch runs a dummy one.
+    lockstep = accelerator.num_processes > 1 and accelerator.distributed_type == "DEEPSPEED" and _zero3()
+    if lockstep:
+        calls = -(-len(inputs) // gen.batch_size)
+        calls = -(-calls // accelerator.num_processes)
+        batches = batches + [None] * (calls - len(batches))
     model.eval()
     pad = tokenizer.pad_token_id
     mine: list[tuple[int, str]] = []
     bar = tqdm(batches, disable=not (progress and accelerator.is_main_process), desc="generate", leave=False)
     for batch in bar:
+        dummy = batch is None
+        batch = [0] if dummy else batch
         width = max(len(inputs[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -53,7 +68,10 @@ def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: l
             num_beams=gen.num_beams,
             max_new_tokens=gen.max_new_tokens,
             do_sample=False,
+            synced_gpus=lockstep,
         )
+        if dummy:
+            continue
         texts = tokenizer.batch_decode(out, skip_special_tokens=True)
         mine.extend(zip(batch, (t.strip() for t in texts)))
     everything = gather_object(mine) if accelerator.num_processes > 1 else mine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sumtune import models
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
 from sumtune.data import PromptEncoder
@@ -28,7 +29,7 @@ class Summarizer:
         self.cfg = cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.model, self.tok, template = load_candidate(Candidate("model", model_path), cfg)
-        self.model.to(self.acc.device)
+        models.to_device(self.model, self.acc.device)
         self.encoder = PromptEncoder(self.tok, template, cfg.data.max_source_length)
 
     def __call__(self, dialogues: list[str]) -> list[str]:

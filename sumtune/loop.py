@@ -166,9 +166,10 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 log.log(scores, step=step)
                 if stop:
                     accelerator.set_trigger()
-            if accelerator.check_trigger():
-                stopped_early = True
-                break
+                # A collective: every rank validates at the same steps, so every rank gets here.
+                if accelerator.check_trigger():
+                    stopped_early = True
+                    break
             if step >= plan.total_steps:
                 break
     bar.close()

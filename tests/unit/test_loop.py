@@ -48,3 +48,23 @@ def test_no_weight_decay_on_biases():
     opt, _ = make_optimizer(model, TrainConfig(weight_decay=0.1), plan_steps(10, 1, TrainConfig()))
     decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decays[id(model.weight)] == 0.1 and decays[id(model.bias)] == 0.0
+
+
+def test_set_dropout_reaches_every_dropout_of_t5_including_attention():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from sumtune.models import set_dropout
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                                num_decoder_layers=1, num_heads=2, dropout_rate=0.3,
+                                                decoder_start_token_id=0))
+    set_dropout(model, 0.0)
+    model.train()
+    ids = torch.tensor([[3, 4, 5, 1]])
+    torch.manual_seed(0)
+    a = model(input_ids=ids, labels=ids).loss
+    torch.manual_seed(1)
+    b = model(input_ids=ids, labels=ids).loss
+    assert torch.equal(a, b)  # no randomness left in training mode
+    rates = [m.dropout for m in model.modules() if isinstance(getattr(m, "dropout", None), float)]
+    assert rates and all(r == 0.0 for r in rates)

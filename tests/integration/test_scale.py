@@ -1,0 +1,147 @@
+"""Every launch config really launched, and shown to compute what one process computes.
+
+Reference: ONE process, 4 examples per batch, 2 accumulation steps (global batch 8). Every other
+topology runs 2 processes x 4 examples (global batch 8): DDP, ZeRO-1/2/3 and their offload
+variants must give the same per-step losses and the same final weights (fp32 CPU, within 1e-5).
+Dropout is off here: each rank draws its own masks, so with dropout the runs differ by design.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO, check, launch, read_jsonl, run_overrides
+
+TOL = 1e-5
+TWO = ("--num_processes", "2", "--mixed_precision", "no")
+# config -> (launcher args on CPU, per-device batch, accumulation)
+TOPOLOGIES = {
+    "cpu_1proc.yaml": ((), 4, 2),
+    "single_gpu.yaml": (("--cpu", "--mixed_precision", "no"), 4, 2),
+    "cpu_2proc.yaml": ((), 4, 1),
+    "multi_gpu.yaml": (TWO, 4, 1),
+    "deepspeed_zero1.yaml": (TWO, 4, 1),
+    "deepspeed_zero2.yaml": (TWO, 4, 1),
+    "deepspeed_zero2_offload.yaml": (TWO, 4, 1),
+    "deepspeed_zero3.yaml": (TWO, 4, 1),
+    "deepspeed_zero3_offload.yaml": (TWO, 4, 1),
+}
+LAUNCHED_ELSEWHERE = {"multi_node.yaml": "tests/integration/test_slurm.py (two nodes through slurm/launch_node.sh)"}
+ACCELERATE_DIR = REPO / "configs" / "accelerate"
+
+
+def test_every_accelerate_and_deepspeed_config_is_launched_by_a_test():
+    files = {p.name for p in ACCELERATE_DIR.glob("*.yaml")}
+    missing = files - set(TOPOLOGIES) - set(LAUNCHED_ELSEWHERE)
+    assert not missing, f"no test launches {sorted(missing)}: add them to TOPOLOGIES"
+    assert not (set(TOPOLOGIES) - files), "TOPOLOGIES names a config that does not exist"
+    launched_json = {Path(line.split(":", 1)[1].strip()).name
+                     for name in TOPOLOGIES for line in (ACCELERATE_DIR / name).read_text().splitlines()
+                     if line.strip().startswith("deepspeed_config_file:")}
+    all_json = {p.name for p in (REPO / "configs" / "deepspeed").glob("*.json")}
+    assert all_json == launched_json, f"DeepSpeed configs no launched accelerate config uses: {all_json - launched_json}"
+
+
+def equivalence_run(demo, tmp: Path, config: str) -> Path:
+    args, batch, accum = TOPOLOGIES[config]
+    name = config.removesuffix(".yaml")
+    overrides = [o for o in run_overrides(demo, tmp, name, "full", steps=4) if not o.startswith(("train.log_every",
+                                                                                               "train.per_device"))]
+    overrides += [f"train.per_device_batch_size={batch}", f"train.grad_accum={accum}", "train.log_every=1",
+                  "train.dropout=0.0", "train.eval_every=0", "tracker.backend=none"]
+    if "zero3" in config:  # generation under ZeRO-3 at the last step (weights gathered layer by layer)
+        overrides += ["train.rouge_every=4", "train.rouge_examples=6"]
+    proc = check(launch("train/finetune.py", *overrides, config=config, launcher_args=args))
+    expected = "DEEPSPEED" if "deepspeed" in config else ("MULTI_CPU" if accum == 1 else "NO")
+    assert f"(DistributedType.{expected})" in proc.stdout, proc.stdout[-2000:]
+    return tmp / name
+
+
+@pytest.fixture(scope="module")
+def reference(demo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scale")
+    return tmp, equivalence_run(demo, tmp, "cpu_1proc.yaml")
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model.safetensors")
+
+
+@pytest.mark.parametrize("config", [c for c in TOPOLOGIES if c != "cpu_1proc.yaml"])
+def test_topology_matches_one_process_with_accumulation(config, reference, demo):
+    tmp, ref = reference
+    run = equivalence_run(demo, tmp, config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["plan"]["effective_batch"] == 8
+    assert metrics["world_size"] == (1 if config == "single_gpu.yaml" else 2)
+    assert len(_losses(run)) == 4
+    assert _losses(run) == pytest.approx(_losses(ref), abs=TOL)
+    a, b = _weights(ref), _weights(run)
+    assert set(a) == set(b)
+    for key in a:
+        assert b[key].numel() > 0, f"{key} saved empty (ZeRO-3 shard written without gathering)"
+        assert (a[key] - b[key]).abs().max().item() < TOL, key
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_zero3_saved_model_reloads_and_generates_what_it_generated_in_training(method, reference, demo):
+    """A model or adapter saved under ZeRO-3 (gathered from both ranks) loads with plain
+    transformers/peft and, prompted the same way, gives the validation ROUGE the run measured in
+    training at its last step; FLAN-T5's untied lm_head survived."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from sumtune import rouge
+    from sumtune.config import GenerationConfig
+    from sumtune.data import PromptEncoder
+    from sumtune.generation import generate
+
+    tmp, _ = reference
+    if method == "full":
+        run = tmp / "deepspeed_zero3"
+        if not run.exists():
+            run = equivalence_run(demo, tmp, "deepspeed_zero3.yaml")
+        model = AutoModelForSeq2SeqLM.from_pretrained(run)
+        assert not torch.equal(model.lm_head.weight, model.shared.weight)
+    else:
+        from peft import PeftModel
+
+        run = tmp / "zero3-lora"
+        check(launch("train/finetune.py", *run_overrides(demo, tmp, "zero3-lora", "lora", steps=4),
+                     "train.dropout=0.0", "model.lora.dropout=0.0", "train.rouge_every=4", "train.rouge_examples=6",
+                     "tracker.backend=none", config="deepspeed_zero3.yaml", launcher_args=TWO))
+        model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(demo["model"]), run)
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert lora_b and all(p.numel() > 0 for p in lora_b) and any(p.abs().sum() > 0 for p in lora_b)
+    logged = next(r for r in read_jsonl(run / "train_log.jsonl") if "val_rougeLsum" in r)
+    assert logged["step"] == 4
+    tok = AutoTokenizer.from_pretrained(run)
+    val = read_jsonl(demo["data"] / "validation.jsonl")[:6]
+    preds, _ = generate(Accelerator(cpu=True), model, tok, PromptEncoder(tok, "seed", 192), [r["dialogue"] for r in val],
+                        GenerationConfig(max_new_tokens=12, batch_size=8), progress=False)
+    means, _ = rouge.score(preds, [r["summary"] for r in val])
+    assert means["rougeLsum"] == pytest.approx(logged["val_rougeLsum"], abs=1e-9)
+    for name in ("adapter_model.safetensors", "model.safetensors"):
+        if (run / name).exists():  # best/ (step 4, the only score) is the final model here
+            assert (run / "best" / name).read_bytes() == (run / name).read_bytes()
+
+
+def test_evaluation_runs_under_a_zero3_launch(reference, demo):
+    tmp, _ = reference
+    run = tmp / "deepspeed_zero3"
+    if not run.exists():
+        run = equivalence_run(demo, tmp, "deepspeed_zero3.yaml")
+    out = tmp / "eval-zero3"
+    proc = check(launch("eval/evaluate.py", "--out", str(out), "--candidate", f"full={run}",
+                        *run_overrides(demo, tmp, "unused", "full"), "tracker.backend=none",
+                        config="deepspeed_zero3.yaml", launcher_args=TWO))
+    assert "(DistributedType.DEEPSPEED)" in proc.stdout or (out / "comparison.csv").is_file()
+    ids = [r["id"] for r in read_jsonl(demo["data"] / "test.jsonl")]
+    assert [r["id"] for r in read_jsonl(out / "full" / "predictions.jsonl")] == ids
