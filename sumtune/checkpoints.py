@@ -50,6 +50,7 @@ def save_model(accelerator, model, tokenizer, folder: Path, atomic: bool = False
     and swapped in when complete, so a crash leaves the previous one whole. Ends in a barrier."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        _drop_tied_duplicates(accelerator.unwrap_model(model), state_dict)
         target = folder.with_name(folder.name + ".tmp") if atomic else folder
         if atomic and target.exists():
             shutil.rmtree(target)
@@ -64,6 +65,17 @@ def save_model(accelerator, model, tokenizer, folder: Path, atomic: bool = False
             if old.exists():
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def _drop_tied_duplicates(model, state_dict: dict) -> None:
+    """A gathered state dict (DeepSpeed) holds tied weights (T5's shared embeddings) once per
+    name; keep the first name of each shared parameter, as a plain save_pretrained does."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    for group in names.values():
+        for name in group[1:]:
+            state_dict.pop(name, None)
 
 
 def link_final(run_dir: Path) -> Path:

@@ -60,7 +60,9 @@ def _tiny_t5(tokenizer, seed: int):
         num_decoder_layers=3,
         num_heads=4,
         relative_attention_num_buckets=32,
-        feed_forward_proj="gated-gelu",  # as FLAN-T5 (T5 v1.1), whose lm_head is untied too
+        feed_forward_proj="gated-gelu",  # as FLAN-T5 (T5 v1.1)
+        # transformers 5 always ties T5's lm_head to the input embeddings; False here only turns
+        # off the original T5's output scaling, as T5 v1.1 / FLAN-T5 configs do.
         tie_word_embeddings=False,
         dropout_rate=0.1,
         pad_token_id=tokenizer.pad_token_id,
@@ -68,9 +70,9 @@ def _tiny_t5(tokenizer, seed: int):
         decoder_start_token_id=tokenizer.pad_token_id,
     )
     model = T5ForConditionalGeneration(config)
-    # With an untied head, transformers initialises lm_head with std 1, which gives logits of
-    # size ~sqrt(d_model) and a first loss near 30: a tiny model then spends its short
-    # pre-training unlearning that. Scale it like a tied head instead.
+    # The shared embeddings (which are also the output head, unscaled) start with std 1: logits
+    # of size ~sqrt(d_model) and a first loss near 30, which a tiny model spends its short
+    # pre-training unlearning. Start them at std d_model**-0.5 instead.
     torch.nn.init.normal_(model.lm_head.weight, std=config.d_model**-0.5)
     return model
 

@@ -209,6 +209,12 @@ def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool =
     candidates = [parse_candidate(s) for s in candidate_specs]
     check_out_dir(out, overwrite)
     accelerator = make_accelerator(cfg)
+    if accelerator.distributed_type == "DEEPSPEED":
+        # Evaluation trains nothing: each rank holds the whole model and generates its shard.
+        # Without this, from_pretrained under a ZeRO-3 launch would load empty parameter shards.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     out.mkdir(parents=True, exist_ok=True)
     tracking.start(accelerator, cfg.tracker, f"eval-{out.name}", out,
                    {**to_dict(cfg), "candidates": candidate_specs}, job_type="eval")
