@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sumtune import rouge
+from sumtune.data import iter_jsonl
 from sumtune.errors import SumtuneError
 
 TABLE_COLUMNS = ["model", *rouge.ROUGE_TYPES]
@@ -56,16 +57,11 @@ def load_result(folder: Path, name: str | None = None) -> Result:
     if not path.is_file():
         raise SumtuneError(f"{folder}: no predictions.jsonl here; pass candidate folders written by eval/evaluate.py")
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SumtuneError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
-            missing = [k for k in ("id", "prediction", "reference") if k not in row]
-            if missing:
-                raise SumtuneError(f"{path} line {lineno}: field '{missing[0]}' is missing")
-            records.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in ("id", "prediction", "reference") if k not in row]
+        if missing:
+            raise SumtuneError(f"{path} line {lineno}: field '{missing[0]}' is missing")
+        records.append(row)
     if not records:
         raise SumtuneError(f"{path}: no predictions")
     metrics_file = folder / "metrics.json"
@@ -144,24 +140,23 @@ def compare(results: list[Result], baseline: str | None = None, split: str = "te
     return out
 
 
-def means_csv(c: Comparison) -> str:
-    """comparison.csv: model,rouge1,rouge2,rougeL,rougeLsum; fractions in [0, 1]; baseline first."""
+def _table_csv(rows: dict[str, dict[str, float]], digits: int) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(TABLE_COLUMNS)
-    for name, scores in c.means.items():
-        writer.writerow([name, *(f"{scores[k]:.4f}" for k in rouge.ROUGE_TYPES)])
+    for name, scores in rows.items():
+        writer.writerow([name, *(f"{scores[k]:.{digits}f}" for k in rouge.ROUGE_TYPES)])
     return buf.getvalue()
+
+
+def means_csv(c: Comparison) -> str:
+    """comparison.csv: model,rouge1,rouge2,rougeL,rougeLsum; fractions in [0, 1]; baseline first."""
+    return _table_csv(c.means, 4)
 
 
 def gain_csv(c: Comparison) -> str:
     """gain_pp.csv: absolute gain over the baseline in percentage points."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(TABLE_COLUMNS)
-    for name, gains in c.gain_pp.items():
-        writer.writerow([name, *(f"{gains[k]:.2f}" for k in rouge.ROUGE_TYPES)])
-    return buf.getvalue()
+    return _table_csv(c.gain_pp, 2)
 
 
 def long_csv(c: Comparison) -> str:

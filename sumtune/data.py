@@ -42,7 +42,10 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot be read ({err.strerror})") from None
 
 
-def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; every problem named by file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -52,6 +55,11 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
             raise DataError(f"{path} line {lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path} line {lineno}: expected a JSON object with named fields")
+        yield lineno, row
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for lineno, row in iter_jsonl(path):
         yield f"line {lineno}", row
 
 

@@ -172,22 +172,10 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
 
 def score_file(path: Path) -> tuple[dict[str, float], int]:
     """Score predictions made elsewhere: a jsonl file with id, prediction, reference."""
-    if not path.is_file():
-        raise SumtuneError(f"{path}: file does not exist")
     preds, refs = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise SumtuneError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SumtuneError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+    for lineno, row in data.iter_jsonl(path):
         for key in ("id", "prediction", "reference"):
-            if not isinstance(row, dict) or key not in row:
+            if key not in row:
                 raise SumtuneError(f"{path} line {lineno}: field '{key}' is missing")
         for key in ("prediction", "reference"):
             if not isinstance(row[key], str):

@@ -8,7 +8,7 @@ from pathlib import Path
 from sumtune import models
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
-from sumtune.data import PromptEncoder
+from sumtune.data import PromptEncoder, iter_jsonl
 from sumtune.errors import DataError, SumtuneError
 from sumtune.evaluation import Candidate, load_candidate
 
@@ -46,21 +46,9 @@ def summarize_texts(cfg: RunConfig, model_path: str, texts: list[str]) -> list[s
 
 
 def read_dialogues(path: Path, column: str) -> list[tuple[str, str]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
-        text = row.get(column) if isinstance(row, dict) else None
+    for lineno, row in iter_jsonl(path):
+        text = row.get(column)
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path} line {lineno}: '{column}' is missing, empty or not text (see --column)")
         rows.append((str(row.get("id", lineno)), text))
