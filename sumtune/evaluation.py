@@ -90,6 +90,16 @@ def load_candidate(cand: Candidate, cfg: RunConfig):
     return model, tokenizer, resolve_template(template)
 
 
+def trained_group(candidates: list[Candidate]) -> str | None:
+    """The W&B group of the first trained candidate (its tracker.group, else its run name), so
+    that an evaluation sits beside the training run it scores."""
+    for cand in candidates:
+        trained = trained_config(cand.folder)
+        if trained:
+            return trained.get("tracker", {}).get("group") or trained.get("run_name")
+    return None
+
+
 def draw_shots(train_records: list[dict], k: int, seed: int) -> list[dict]:
     """k examples drawn from the TRAIN split, the same for every evaluated example."""
     if k > len(train_records):
@@ -204,6 +214,7 @@ def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool =
 
         unset_hf_deepspeed_config()
     out.mkdir(parents=True, exist_ok=True)
+    cfg.tracker.group = cfg.tracker.group or trained_group(candidates)
     tracking.start(accelerator, cfg.tracker, f"eval-{out.name}", out,
                    {**to_dict(cfg), "candidates": candidate_specs}, job_type="eval")
     comparison = evaluate_candidates(cfg, candidates, out, accelerator)

@@ -136,3 +136,16 @@ def test_score_only_writes_metrics_and_never_overwrites(tmp_path):
     broken.write_text('{"id": "1", "prediction": "x"}\n')
     with pytest.raises(SumtuneError, match="line 1: field 'reference' is missing"):
         run_score_only(broken, None)
+
+
+def test_evaluation_joins_the_wandb_group_of_its_first_trained_candidate(tmp_path):
+    from sumtune.evaluation import Candidate, trained_group
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sumtune_config.yaml").write_text("run_name: my-run\ntracker: {group: null}\n")
+    base = Candidate("base", str(tmp_path / "no-such-model"))
+    assert trained_group([base]) is None
+    assert trained_group([base, Candidate("lora", str(run))]) == "my-run"
+    (run / "sumtune_config.yaml").write_text("run_name: my-run\ntracker: {group: exp-1}\n")
+    assert trained_group([base, Candidate("lora", str(run))]) == "exp-1"
