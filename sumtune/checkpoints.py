@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from sumtune.config import RunConfig, dump_yaml
+from sumtune.config import RunConfig, dump_yaml, to_dict
 from sumtune.errors import SumtuneError
 
 CONFIG_FILE = "sumtune_config.yaml"
@@ -26,14 +27,13 @@ def is_finished_run(run_dir: Path) -> bool:
 def check_output_dir(cfg: RunConfig) -> None:
     """Never overwrite a finished run by accident."""
     if is_finished_run(cfg.run_dir) and not cfg.overwrite:
-        raise SumtuneError(
-            f"{cfg.run_dir} already holds a finished run; choose another run_name or set overwrite=true"
-        )
+        what = "nothing to resume" if cfg.resume else "choose another run_name or set overwrite=true"
+        raise SumtuneError(f"{cfg.run_dir} already holds a finished run; {what}")
 
 
 def clear_finished(run_dir: Path) -> None:
     """Remove what a finished earlier run left that this run will not rewrite (overwrite=true)."""
-    for name in ("best", "final", "best.tmp", "best.old"):
+    for name in ("best", "final", "best.tmp", "best.old", CHECKPOINTS):
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
@@ -105,3 +105,85 @@ def save_run(accelerator, model, tokenizer, cfg: RunConfig, metrics: dict) -> Pa
         link_final(folder)
     accelerator.wait_for_everyone()
     return folder
+
+
+# ----------------------------------------------------------------------------- training state
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+# Changing these between an interrupted run and its resumption cannot change what is trained.
+RESUME_HARMLESS = (
+    "overwrite", "resume", "run_name", "output_dir", "model.gradient_checkpointing",
+    "train.log_every", "train.eval_every", "train.eval_max_batches", "train.rouge_every", "train.rouge_examples",
+    "train.best_metric", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
+    "data.max_eval_examples", "generation.", "eval.", "tracker.",
+)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints that were written whole, oldest first (a crash mid-save leaves only a .tmp)."""
+    folder = run_dir / CHECKPOINTS
+    found = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and (p / STATE_FILE).is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def save_checkpoint(accelerator, cfg: RunConfig, step: int, state: dict) -> Path:
+    """The whole training state (model or adapter, optimizer, scheduler, every rank's RNG, data
+    position) through ``accelerator.save_state``, so DeepSpeed shards are saved too. Written to
+    ``step-N.tmp`` and renamed when complete; the oldest beyond ``keep_checkpoints`` are removed."""
+    folder = cfg.run_dir / CHECKPOINTS / f"step-{step:06d}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        write_config(cfg, tmp)
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}) + "\n", encoding="utf-8")  # written last
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        for old in complete_checkpoints(cfg.run_dir)[: -cfg.train.keep_checkpoints]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def find_resume_checkpoint(cfg: RunConfig) -> Path | None:
+    """The checkpoint to resume from: None for a fresh start."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = complete_checkpoints(cfg.run_dir)
+        return found[-1] if found else None
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).is_file():
+        raise SumtuneError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE}); use resume=auto or "
+                           f"a folder under {cfg.run_dir / CHECKPOINTS}")
+    return path
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("files", "splits"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
+    """Refuse a resumption whose config would train something else than the interrupted run."""
+    import yaml
+
+    saved = _flat(yaml.safe_load((checkpoint / CONFIG_FILE).read_text(encoding="utf-8")) or {})
+    now = _flat(to_dict(cfg))
+    differ = [k for k in sorted(set(saved) | set(now))
+              if saved.get(k) != now.get(k) and not k.startswith(RESUME_HARMLESS)]
+    if differ:
+        raise SumtuneError(
+            f"cannot resume from {checkpoint}: the config differs in {', '.join(differ)}; "
+            "resume with the interrupted run's values or start a new run"
+        )

@@ -97,6 +97,10 @@ class TrainConfig:
     best_metric: Literal["rouge1", "rouge2", "rougeL", "rougeLsum"] = "rougeLsum"
     # Stop after this many ROUGE evaluations without a new best (0: never).
     early_stopping_patience: int = 0
+    # Save the whole training state every N optimizer steps and at the end (0: never), into
+    # checkpoints/step-NNNNNN/ of the run folder; keep the newest keep_checkpoints of them.
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -127,6 +131,9 @@ class RunConfig:
     output_dir: str = "outputs"
     # Refuse to write into a folder that already holds a finished run unless this is true.
     overwrite: bool = False
+    # Continue an interrupted run: "auto" (the newest complete checkpoint in the run folder, or a
+    # fresh start if there is none) or the path of a checkpoint folder.
+    resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -343,6 +350,13 @@ def validate(cfg: RunConfig) -> None:
         not t.early_stopping_patience or t.rouge_every,
         "train.early_stopping_patience",
         "needs train.rouge_every > 0 (it counts ROUGE evaluations without a new best)",
+    )
+    _require(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    _require(
+        t.checkpoint_every % t.log_every == 0,
+        "train.checkpoint_every",
+        f"must be a multiple of train.log_every ({t.log_every}) so that a resumed run logs the same windows",
     )
     _require(d.max_source_length >= 8, "data.max_source_length", f"must be >= 8, got {d.max_source_length}")
     _require(d.max_target_length >= 2, "data.max_target_length", f"must be >= 2, got {d.max_target_length}")

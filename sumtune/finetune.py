@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -10,11 +11,15 @@ import torch
 from sumtune import checkpoints, data, loop, models, tracking
 from sumtune.config import RunConfig, to_dict
 from sumtune.distributed import deepspeed_stage, make_accelerator, world_size
+from sumtune.errors import SumtuneError
 from sumtune.validation import RougeValidator
 
 
 def run(cfg: RunConfig) -> dict:
     checkpoints.check_output_dir(cfg)
+    resume_from = checkpoints.find_resume_checkpoint(cfg)
+    if resume_from:
+        checkpoints.check_resumable(cfg, resume_from)
     mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     models.check_precision(cfg.model.name_or_path, mixed)
     models.check_quantization(cfg.model.quantization, deepspeed_stage())
@@ -53,17 +58,38 @@ def run(cfg: RunConfig) -> dict:
     val_dl = torch.utils.data.DataLoader(val_feats, batch_size=cfg.train.per_device_batch_size, collate_fn=collate)
     optimizer, scheduler = loop.make_optimizer(model, cfg.train, plan)
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+    # The scheduler is stepped by the loop, not by Accelerate (see loop.make_optimizer), so it is
+    # registered for save_state/load_state by hand.
+    accelerator.register_for_checkpointing(scheduler)
 
     run_dir = cfg.run_dir
-    if accelerator.is_main_process:
-        checkpoints.clear_finished(run_dir)  # only reached for a new run or with overwrite=true
-        checkpoints.write_config(cfg, run_dir)
     validator = RougeValidator(accelerator, tokenizer, val_records, cfg) if cfg.train.rouge_every else None
+    start = None
+    if resume_from:
+        state = json.loads((resume_from / checkpoints.STATE_FILE).read_text())
+        if state["num_processes"] != accelerator.num_processes:
+            raise SumtuneError(f"cannot resume from {resume_from}: it ran on {state['num_processes']} processes, "
+                               f"this launch has {accelerator.num_processes}; the data order would differ")
+        accelerator.load_state(str(resume_from))
+        start = loop.Position(**state["position"])
+        if validator and state.get("validator"):
+            validator.restore(state["validator"])
+        say(f"resuming from {resume_from} at step {start.step}")
+    elif accelerator.is_main_process:
+        checkpoints.clear_finished(run_dir)  # only reached for a new run or with overwrite=true
+    if accelerator.is_main_process:
+        checkpoints.write_config(cfg, run_dir)
     tracking.start(accelerator, cfg.tracker, cfg.run_name, run_dir, to_dict(cfg), job_type="train")
-    log = tracking.RunLog(accelerator, run_dir / "train_log.jsonl")
+    log = tracking.RunLog(accelerator, run_dir / "train_log.jsonl", resume_step=start.step if start else None)
+
+    def checkpoint(step: int, position: dict) -> str:
+        state = {"position": position, "num_processes": accelerator.num_processes,
+                 "validator": validator.state() if validator else None}
+        return str(checkpoints.save_checkpoint(accelerator, cfg, step, state))
 
     started = time.perf_counter()
-    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log, validator)
+    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log, validator,
+                       checkpoint=checkpoint, start=start, generator=generator)
     if validator:
         metrics.update(validator.summary())
         say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")

@@ -11,6 +11,7 @@ import torch
 
 from sumtune.config import TrainConfig
 from sumtune.data import batches_per_rank
+from sumtune.errors import SumtuneError
 from sumtune.tracking import RunLog
 
 
@@ -105,25 +106,57 @@ def validation_loss(accelerator, model, dataloader, max_batches: int = 0) -> flo
     return (total[0] / total[1].clamp(min=1)).item()
 
 
+@dataclass
+class Position:
+    """Where training stands, as a checkpoint records it: optimizer steps taken, the epoch, the
+    batches of that epoch consumed on each rank, and the shuffling generator's state at the
+    start of the epoch (re-drawing the same order is what makes skipping batches exact)."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    generator_state: list[int] | None = None
+
+
+class NonFiniteError(SumtuneError):
+    """A NaN or inf gradient norm: the run stops before the optimizer applies it."""
+
+
 def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
-        validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None) -> dict:
-    """Train for ``plan.total_steps`` optimizer steps; returns the final metrics.
+        validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None,
+        checkpoint: Callable[[int, dict], str] | None = None, start: Position | None = None,
+        generator: torch.Generator | None = None) -> dict:
+    """Train until ``plan.total_steps`` optimizer steps; returns the final metrics.
 
     ``validate(model, step)`` (ROUGE on validation data) runs every ``cfg.rouge_every`` steps and
-    at the end; it may ask to stop early, which every rank must agree on.
+    at the end; it may ask to stop early, which every rank must agree on. ``checkpoint(step,
+    position)`` runs every ``cfg.checkpoint_every`` steps and at the end. ``start`` resumes from
+    a checkpoint's position; ``generator`` is the training data's shuffling generator.
     """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=plan.total_steps, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
-    step = 0
+    pos = start or Position()
+    bar = tqdm(total=plan.total_steps, initial=pos.step, disable=not accelerator.is_main_process, desc="train",
+               dynamic_ncols=True)
+    step, epoch, skip = pos.step, pos.epoch, pos.batches_in_epoch
+    resume_generator = pos.generator_state
     stopped_early = False
+    last_checkpoint = "none"
     window = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss sum, batches, tokens, samples
     window_start = time.perf_counter()
     grad_norm = torch.tensor(0.0)
     last: dict = {}
     model.train()
     while step < plan.total_steps and not stopped_early:
-        for batch in train_dl:
+        if generator is not None:
+            if resume_generator is not None:
+                generator.set_state(torch.tensor(resume_generator, dtype=torch.uint8))
+                resume_generator = None
+            epoch_generator = generator.get_state().tolist()
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        batches_in_epoch, skip = skip, 0
+        for batch in loader:
+            batches_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -132,6 +165,12 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
                     if grad_norm is None:  # DeepSpeed clips inside its engine and may not report
                         grad_norm = torch.tensor(math.nan)
+                    # The norm is reduced over ranks, so every rank takes the same decision here.
+                    elif not torch.isfinite(grad_norm):
+                        raise NonFiniteError(
+                            f"non-finite gradient norm ({float(grad_norm)}) at step {step + 1}; last good checkpoint: "
+                            f"{last_checkpoint} (lower train.lr, check the data, or use bf16 rather than fp16)"
+                        )
                 optimizer.step()
                 optimizer.zero_grad()
             tokens = batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
@@ -169,9 +208,14 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 # A collective: every rank validates at the same steps, so every rank gets here.
                 if accelerator.check_trigger():
                     stopped_early = True
-                    break
-            if step >= plan.total_steps:
+            if checkpoint and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == plan.total_steps
+                                                        or stopped_early):
+                where = Position(step, epoch, batches_in_epoch, epoch_generator if generator is not None else None)
+                last_checkpoint = checkpoint(step, asdict(where))
+            if step >= plan.total_steps or stopped_early:
                 break
+        else:
+            epoch += 1
     bar.close()
     final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early}
     if val_dl is not None:

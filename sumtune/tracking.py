@@ -99,12 +99,18 @@ def set_summary(accelerator, values: dict) -> None:
 class RunLog:
     """Metrics to the trackers and to ``train_log.jsonl``; console line on the main process."""
 
-    def __init__(self, accelerator, path: Path):
+    def __init__(self, accelerator, path: Path, resume_step: int | None = None):
+        """A new log; or, resuming, the old one cut after ``resume_step`` (what an interrupted run
+        logged after its last checkpoint is done again)."""
         self.acc = accelerator
         self.path = path
         if accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+            kept = ""
+            if resume_step is not None and path.is_file():
+                lines = path.read_text(encoding="utf-8").splitlines()
+                kept = "".join(line + "\n" for line in lines if line.strip() and json.loads(line)["step"] <= resume_step)
+            path.write_text(kept, encoding="utf-8")
 
     def log(self, record: dict, step: int) -> None:
         self.acc.log({k: v for k, v in record.items() if k != "step"}, step=step)

@@ -54,5 +54,11 @@ class RougeValidator:
         patience = self.cfg.train.early_stopping_patience
         return scores, bool(patience and self.evals_without_best >= patience)
 
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "evals_without_best": self.evals_without_best}
+
+    def restore(self, state: dict) -> None:
+        self.best, self.best_step, self.evals_without_best = state["best"], state["best_step"], state["evals_without_best"]
+
     def summary(self) -> dict:
         return {"best_step": self.best_step, f"best_val_{self.metric}": self.best}

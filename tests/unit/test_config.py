@@ -77,3 +77,20 @@ def test_every_train_config_in_the_repo_loads():
         cfg = load_config(path)
         assert path.read_text().lstrip().startswith("#"), f"{path} must open with the command that launches it"
         assert cfg.run_name
+
+
+def test_checkpoint_interval_must_keep_log_windows_aligned():
+    with pytest.raises(ConfigError, match="must be a multiple of train.log_every"):
+        load_config(None, ["train.checkpoint_every=5", "train.log_every=2"])
+    assert load_config(None, ["train.checkpoint_every=4", "train.log_every=2"]).train.checkpoint_every == 4
+
+
+def test_only_complete_checkpoints_count(tmp_path):
+    from sumtune.checkpoints import complete_checkpoints
+
+    for name, complete in [("step-000002", True), ("step-000010", True), ("step-000012.tmp", True),
+                           ("step-000014", False), ("other", True)]:
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        if complete:
+            (tmp_path / "checkpoints" / name / "trainer_state.json").write_text("{}")
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000002", "step-000010"]
