@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from sumtune import checkpoints, data, loop, models, tracking
+from sumtune import checkpoints, data, loop, models, preemption, tracking
 from sumtune.config import RunConfig, to_dict
 from sumtune.distributed import deepspeed_stage, make_accelerator, world_size
 from sumtune.errors import SumtuneError
@@ -87,9 +87,19 @@ def run(cfg: RunConfig) -> dict:
                  "validator": validator.state() if validator else None}
         return str(checkpoints.save_checkpoint(accelerator, cfg, step, state))
 
+    if accelerator.is_main_process:
+        (run_dir / preemption.MARKER).unlink(missing_ok=True)
+    signals = preemption.Preemption().install()
     started = time.perf_counter()
     metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log, validator,
-                       checkpoint=checkpoint, start=start, generator=generator)
+                       checkpoint=checkpoint, start=start, generator=generator, preemption=signals)
+    if metrics.get("preempted"):
+        if accelerator.is_main_process:
+            preemption.mark_preempted(run_dir, metrics["step"], metrics["checkpoint"])
+        say(f"{signals.signal_name or 'a preemption signal (on another rank)'} received: checkpoint {metrics['checkpoint']} written at step "
+            f"{metrics['step']}; exiting with {preemption.EXIT_PREEMPTED}; start again with resume=auto to continue")
+        accelerator.end_training()
+        raise SystemExit(preemption.EXIT_PREEMPTED)
     if validator:
         metrics.update(validator.summary())
         say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")

@@ -125,13 +125,15 @@ class NonFiniteError(SumtuneError):
 def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
         validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None,
         checkpoint: Callable[[int, dict], str] | None = None, start: Position | None = None,
-        generator: torch.Generator | None = None) -> dict:
+        generator: torch.Generator | None = None, preemption=None) -> dict:
     """Train until ``plan.total_steps`` optimizer steps; returns the final metrics.
 
     ``validate(model, step)`` (ROUGE on validation data) runs every ``cfg.rouge_every`` steps and
     at the end; it may ask to stop early, which every rank must agree on. ``checkpoint(step,
     position)`` runs every ``cfg.checkpoint_every`` steps and at the end. ``start`` resumes from
-    a checkpoint's position; ``generator`` is the training data's shuffling generator.
+    a checkpoint's position; ``generator`` is the training data's shuffling generator. When
+    ``preemption`` (sumtune.preemption.Preemption) was signalled on any rank, the loop
+    checkpoints at the step boundary and returns with ``preempted`` set.
     """
     from tqdm.auto import tqdm
 
@@ -140,14 +142,14 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                dynamic_ncols=True)
     step, epoch, skip = pos.step, pos.epoch, pos.batches_in_epoch
     resume_generator = pos.generator_state
-    stopped_early = False
+    stopped_early = preempted = False
     last_checkpoint = "none"
     window = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss sum, batches, tokens, samples
     window_start = time.perf_counter()
     grad_norm = torch.tensor(0.0)
     last: dict = {}
     model.train()
-    while step < plan.total_steps and not stopped_early:
+    while step < plan.total_steps and not (stopped_early or preempted):
         if generator is not None:
             if resume_generator is not None:
                 generator.set_state(torch.tensor(resume_generator, dtype=torch.uint8))
@@ -208,16 +210,19 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 # A collective: every rank validates at the same steps, so every rank gets here.
                 if accelerator.check_trigger():
                     stopped_early = True
-            if checkpoint and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == plan.total_steps
-                                                        or stopped_early):
+            preempted = preemption is not None and preemption.agreed(accelerator)
+            if checkpoint and (preempted or cfg.checkpoint_every and (
+                    step % cfg.checkpoint_every == 0 or step == plan.total_steps or stopped_early)):
                 where = Position(step, epoch, batches_in_epoch, epoch_generator if generator is not None else None)
                 last_checkpoint = checkpoint(step, asdict(where))
-            if step >= plan.total_steps or stopped_early:
+            if step >= plan.total_steps or stopped_early or preempted:
                 break
         else:
             epoch += 1
     bar.close()
     final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early}
+    if preempted:
+        return {**final, "preempted": True, "checkpoint": last_checkpoint}
     if val_dl is not None:
         final["val_loss"] = validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)
         log.log({"val_loss": final["val_loss"]}, step=step)

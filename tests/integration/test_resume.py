@@ -76,3 +76,38 @@ def test_resume_refuses_a_config_that_trains_something_else(demo, tmp_path):
     check(launch("train/finetune.py", *overrides(demo, tmp_path, "r", 2, "resume=auto", "train.eval_every=4"),
                  processes=1))
     assert (tmp_path / "r/metrics.json").is_file()
+
+
+def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, tmp_path):
+    """SIGUSR1 reaches ONE worker of a 2-process run (as the sbatch trap delivers it): both ranks
+    agree at the next step, checkpoint, exit with 75 (EX_TEMPFAIL) and leave a marker; resume=auto
+    (what a requeued job runs) finishes the run with the uninterrupted run's weights."""
+    pid_dir = tmp_path / "pids"
+    args = overrides(demo, tmp_path, "pre", 1, "train.checkpoint_every=10", "train.keep_checkpoints=3")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "SUMTUNE_PID_DIR": str(pid_dir)}
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
+           str(REPO / "train/finetune.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    log = tmp_path / "pre" / "train_log.jsonl"
+    deadline = time.time() + 300
+    while not (log.exists() and log.read_text().strip() and (pid_dir / "rank-0.pid").exists()):
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the signal"
+        time.sleep(0.02)
+    os.kill(int((pid_dir / "rank-1.pid").read_text()), signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # the launcher reports the workers' exit 75 as a failure
+    assert "a preemption signal (on another rank) received: checkpoint" in out and "exiting with 75" in out
+    assert "exitcode  : 75" in out  # both workers, as the launcher reports them
+    marker = (tmp_path / "pre" / "preempted").read_text()
+    step = int(marker.split(";")[0].split()[1])
+    assert 0 < step < STEPS and (pid_dir / "preempted").exists()
+    assert (tmp_path / "pre" / "checkpoints" / f"step-{step:06d}" / "trainer_state.json").is_file()
+    assert not (tmp_path / "pre" / "metrics.json").exists()
+    check(launch("train/finetune.py", *args, "resume=auto", processes=2))
+    assert not (tmp_path / "pre" / "preempted").exists()
+    check(launch("train/finetune.py", *overrides(demo, tmp_path, "straight", 1), processes=2))
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "pre")
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() <= 1e-6, key

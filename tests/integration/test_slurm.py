@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,7 +116,12 @@ def test_slurm_scripts_parse_and_stay_offline():
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
         assert not re.search(r"\$\{?SLURM_(NODEID|PROCID|LOCALID)", code), f"{path.name}: read the rank inside the task"
     multi = (SLURM / "train_multi_node.sbatch").read_text()
-    assert re.search(r"^srun .*\\\n\s*bash slurm/launch_node.sh train/finetune.py", multi, re.M)
+    assert re.search(r"^sumtune_run_preemptible srun .*\\\n\s*bash slurm/launch_node.sh train/finetune.py", multi, re.M)
+    for name in ("train_single_node.sbatch", "train_multi_node.sbatch"):
+        text = (SLURM / name).read_text()
+        # Time limit and preemption: signal the batch shell ahead, requeue, resume by itself.
+        assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text, name
+        assert "source slurm/preemptible.sh" in text and "resume=auto" in text, name
 
 
 @pytest.mark.parametrize("missing", ["SLURM_NODEID", "SLURM_NNODES", "MASTER_ADDR"])
@@ -128,3 +134,38 @@ def test_launch_node_without_its_environment_fails_in_one_line(missing):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and missing in lines[0], out.stderr
     assert out.stdout == ""
+
+
+def test_batch_shell_forwards_usr1_to_the_workers_and_requeues_after_a_checkpoint(tmp_path):
+    """slurm/preemptible.sh as the batch shell runs it: SIGUSR1 to the SHELL (what
+    `--signal=B:USR1@300` sends) reaches the worker through its pid file, and the worker's
+    'preempted' marker makes the shell end well (and requeue, inside a SLURM job)."""
+    import signal
+
+    worker = (
+        "import os, signal, time, pathlib\n"
+        "d = pathlib.Path(os.environ['SUMTUNE_PID_DIR']); d.mkdir(parents=True, exist_ok=True)\n"
+        "hit = []\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: hit.append(1))\n"
+        "(d / 'rank-0.pid').write_text(str(os.getpid()))\n"
+        "for _ in range(3000):\n"
+        "    if hit:\n"
+        "        (d / 'preempted').write_text('7'); raise SystemExit(75)\n"
+        "    time.sleep(0.01)\n"
+        "raise SystemExit(3)\n"
+    )
+    script = (f'source "{REPO}/slurm/preemptible.sh"\n'
+              f'sumtune_run_preemptible "{sys.executable}" -c "$WORKER"\n'
+              'echo "status=$?"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SUMTUNE_PID_DIR=str(tmp_path / "pids"), WORKER=worker)
+    shell = subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "pids" / "rank-0.pid").exists():
+        assert shell.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    shell.send_signal(signal.SIGUSR1)
+    out, err = shell.communicate(timeout=60)
+    assert "asking the workers to checkpoint" in err
+    assert "preempted at step 7: checkpoint written; requeueing" in err
+    assert out.strip().endswith("status=0")
