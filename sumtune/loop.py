@@ -168,7 +168,7 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                     if grad_norm is None:  # DeepSpeed clips inside its engine and may not report
                         grad_norm = torch.tensor(math.nan)
                     # The norm is reduced over ranks, so every rank takes the same decision here.
-                    elif not torch.isfinite(grad_norm):
+                    elif not math.isfinite(float(grad_norm)):  # DeepSpeed returns a float
                         raise NonFiniteError(
                             f"non-finite gradient norm ({float(grad_norm)}) at step {step + 1}; last good checkpoint: "
                             f"{last_checkpoint} (lower train.lr, check the data, or use bf16 rather than fp16)"

@@ -23,8 +23,12 @@ def overrides(demo, tmp: Path, name: str, accum: int, *extra: str) -> list[str]:
 
 
 def kill_when(args: list[str], config: str, marker: Path) -> None:
-    """Start a run and SIGKILL its whole process group once ``marker`` exists."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    """Start a run and SIGKILL the launcher and every worker once ``marker`` exists. (The elastic
+    agent starts its workers in sessions of their own: killing the launcher's group alone leaves
+    them training.)"""
+    pid_dir = marker.parents[2] / "pids"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "SUMTUNE_PID_DIR": str(pid_dir)}
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
            str(REPO / "train/finetune.py"), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -34,8 +38,20 @@ def kill_when(args: list[str], config: str, marker: Path) -> None:
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
+    workers = [int(p.read_text()) for p in pid_dir.glob("rank-*.pid")]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    for pid in workers:  # gone, or a zombie waiting to be reaped
+        while True:
+            try:
+                if "zombie" in Path(f"/proc/{pid}/status").read_text().lower():
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.01)
 
 
 def _weights(run: Path) -> dict:
