@@ -29,6 +29,11 @@ def check_output_dir(cfg: RunConfig) -> None:
     if is_finished_run(cfg.run_dir) and not cfg.overwrite:
         what = "nothing to resume" if cfg.resume else "choose another run_name or set overwrite=true"
         raise SumtuneError(f"{cfg.run_dir} already holds a finished run; {what}")
+    if cfg.resume is None and not cfg.overwrite and complete_checkpoints(cfg.run_dir):
+        raise SumtuneError(
+            f"{cfg.run_dir} holds checkpoints of an unfinished run; pass resume=auto to continue it, or "
+            "overwrite=true to start over (its checkpoints are then deleted)"
+        )
 
 
 def clear_finished(run_dir: Path) -> None:

@@ -94,3 +94,15 @@ def test_only_complete_checkpoints_count(tmp_path):
         if complete:
             (tmp_path / "checkpoints" / name / "trainer_state.json").write_text("{}")
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000002", "step-000010"]
+
+
+def test_an_unfinished_runs_checkpoints_are_not_thrown_away_silently(tmp_path):
+    from sumtune.checkpoints import check_output_dir
+    from sumtune.errors import SumtuneError
+
+    (tmp_path / "r" / "checkpoints" / "step-000004").mkdir(parents=True)
+    (tmp_path / "r" / "checkpoints" / "step-000004" / "trainer_state.json").write_text("{}")
+    with pytest.raises(SumtuneError, match="holds checkpoints of an unfinished run; pass resume=auto"):
+        check_output_dir(load_config(None, [f"output_dir={tmp_path}", "run_name=r"]))
+    check_output_dir(load_config(None, [f"output_dir={tmp_path}", "run_name=r", "resume=auto"]))
+    check_output_dir(load_config(None, [f"output_dir={tmp_path}", "run_name=r", "overwrite=true"]))
