@@ -21,30 +21,34 @@ import torch
 from sumtune.demo_corpus import SPLIT_SIZES, write_corpus
 from sumtune.errors import SumtuneError
 
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 SENTINELS = 16
 WINDOW = 128  # tokens of a document seen per pre-training example
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import T5TokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    # The trainer's parallel sums make scores differ in the last digits from run to run;
-    # one thread keeps the build byte-for-byte reproducible.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: no order-dependent sums
     special = ["<pad>", "</s>", "<unk>"] + [f"<extra_id_{i}>" for i in range(SENTINELS)]
-    tok = Tokenizer(models.Unigram())
+    # SentencePiece-style BPE (Metaspace). Not Unigram, T5's own kind: the Unigram trainer of
+    # `tokenizers` breaks score ties in an order that changes from process to process (measured
+    # here: 247 of 800 pieces in another order), so the demo model, and its ROUGE, would differ
+    # between two builds from the same seed. BPE training gave byte-identical files in 3 processes.
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special)
     tok.train_from_iterator(texts, trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
     )
-    return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, additional_special_tokens=special[3:])
+    # A plain fast tokenizer: transformers 5's T5Tokenizer rebuilds a Unigram model on loading.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                   additional_special_tokens=special[3:])
 
 
 def _tiny_t5(tokenizer, seed: int):

@@ -316,3 +316,25 @@ def test_vocabulary_moderate(records):
     words = {w for rec in records
              for w in re.findall(r"[a-z]+", (rec["dialogue"] + " " + rec["summary"]).lower())}
     assert 200 <= len(words) <= 900
+
+
+def test_demo_tokenizer_is_the_same_in_every_process(tmp_path):
+    """Two builds from one seed must give one model: the tokenizer is trained in two separate
+    processes (hash seeds differ between processes) and must come out byte-identical."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sumtune.demo import _train_tokenizer\n"
+        "from sumtune.demo_corpus import make_corpus\n"
+        "c = make_corpus(3, {'train': 300, 'validation': 0, 'test': 0})['train']\n"
+        "t = _train_tokenizer([r['dialogue'] for r in c] + [r['summary'] for r in c], 400)\n"
+        "open(sys.argv[1], 'w').write(t.backend_tokenizer.to_str())\n"
+    )
+    outs = []
+    for i in range(2):
+        path = tmp_path / f"tok{i}.json"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+        outs.append(path.read_bytes())
+    assert outs[0] == outs[1]
