@@ -49,10 +49,22 @@ def write_config(cfg: RunConfig, folder: Path) -> None:
     (folder / CONFIG_FILE).write_text(dump_yaml(cfg), encoding="utf-8")
 
 
-def save_model(accelerator, model, tokenizer, folder: Path, atomic: bool = False) -> None:
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by the completely written ``tmp`` beside it: until the rename the old
+    folder stays whole, so a crash never leaves a half-written one under the real name."""
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_model(accelerator, model, tokenizer, folder: Path, atomic: bool = False,
+               extra_files: dict[str, str] | None = None) -> None:
     """Save from a state dict gathered on every rank (ZeRO-3 shards would otherwise be written as
-    empty tensors); only the main process writes. With ``atomic``, the folder is written beside
-    and swapped in when complete, so a crash leaves the previous one whole. Ends in a barrier."""
+    empty tensors); only the main process writes, ``extra_files`` (name -> text) included. With
+    ``atomic``, the folder is written beside and swapped in when complete. Ends in a barrier."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         _drop_tied_duplicates(accelerator.unwrap_model(model), state_dict)
@@ -62,13 +74,10 @@ def save_model(accelerator, model, tokenizer, folder: Path, atomic: bool = False
         target.mkdir(parents=True, exist_ok=True)
         accelerator.unwrap_model(model).save_pretrained(target, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(target)
+        for name, text in (extra_files or {}).items():
+            (target / name).write_text(text, encoding="utf-8")
         if atomic:
-            old = folder.with_name(folder.name + ".old")
-            if folder.exists():
-                folder.rename(old)
-            target.rename(folder)
-            if old.exists():
-                shutil.rmtree(old)
+            swap_in(target, folder)
     accelerator.wait_for_everyone()
 
 
@@ -146,9 +155,7 @@ def save_checkpoint(accelerator, cfg: RunConfig, step: int, state: dict) -> Path
     if accelerator.is_main_process:
         write_config(cfg, tmp)
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}) + "\n", encoding="utf-8")  # written last
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        swap_in(tmp, folder)
         for old in complete_checkpoints(cfg.run_dir)[: -cfg.train.keep_checkpoints]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from sumtune import checkpoints, rouge
-from sumtune.config import RunConfig
+from sumtune.config import RunConfig, dump_yaml
 from sumtune.data import PromptEncoder
 from sumtune.generation import generate
 
@@ -43,12 +43,12 @@ class RougeValidator:
         scores = {f"val_{k}": v for k, v in means.items()}
         if means[self.metric] > self.best:
             self.best, self.best_step, self.evals_without_best = means[self.metric], step, 0
-            checkpoints.save_model(self.acc, model, self.tok, self.best_dir, atomic=True)
-            if self.acc.is_main_process:
-                info = {"step": step, "metric": self.metric, **scores, "examples": len(self.records)}
-                (self.best_dir / "best.json").write_text(json.dumps(info, indent=2) + "\n")
-                checkpoints.write_config(self.cfg, self.best_dir)
-            self.acc.wait_for_everyone()
+            info = {"step": step, "metric": self.metric, **scores, "examples": len(self.records)}
+            # best.json and the config go in before the swap: best/ is never without them.
+            checkpoints.save_model(self.acc, model, self.tok, self.best_dir, atomic=True, extra_files={
+                "best.json": json.dumps(info, indent=2) + "\n",
+                checkpoints.CONFIG_FILE: dump_yaml(self.cfg),
+            })
         else:
             self.evals_without_best += 1
         patience = self.cfg.train.early_stopping_patience
