@@ -74,19 +74,17 @@ def load_candidate(cand: Candidate, cfg: RunConfig):
     else the one its run folder was trained with, else the config's."""
     trained = trained_config(cand.folder)
     template = cand.template or trained.get("data", {}).get("template") or cfg.data.template
+    trust = cfg.model.trust_remote_code
     if cand.kind == "lora":
-        from peft import PeftConfig, PeftModel
-
-        base = PeftConfig.from_pretrained(cand.path).base_model_name_or_path
-        models.check_model_source(base, key=f"base model of adapter {cand.path}")
         # An adapter trained on an 8/4-bit base is evaluated on the base it was trained with.
         quantization = trained.get("model", {}).get("quantization", "none")
-        model = PeftModel.from_pretrained(models.load_model(base, quantization=quantization), cand.path)
-        tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base)
+        model = models.load_adapter(cand.folder, trained.get("model", {}).get("name_or_path"), quantization, trust)
+        base = model.peft_config["default"].base_model_name_or_path
+        tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base, trust)
     else:
         models.check_model_source(cand.path, key=f"candidate {cand.name}")
-        model = models.load_model(cand.path)
-        tokenizer = models.load_tokenizer(cand.path)
+        model = models.load_model(cand.path, trust_remote_code=trust)
+        tokenizer = models.load_tokenizer(cand.path, trust)
     return model, tokenizer, resolve_template(template)
 
 
@@ -200,8 +198,10 @@ def score_file(path: Path) -> tuple[dict[str, float], int]:
 
 def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool = False) -> compare.Comparison:
     """Evaluate candidates under the current (possibly multi-process) launch."""
-    from sumtune.distributed import make_accelerator
+    from sumtune.distributed import deepspeed_config_path, make_accelerator, read_deepspeed_config
 
+    if (ds_json := deepspeed_config_path()) is not None:
+        read_deepspeed_config(ds_json)  # missing or broken: one line here, not a traceback from Accelerate
     if not candidate_specs:
         raise SumtuneError("no --candidate given; e.g. --candidate base=google/flan-t5-base --candidate lora=outputs/run")
     candidates = [parse_candidate(s) for s in candidate_specs]

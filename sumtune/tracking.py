@@ -10,9 +10,10 @@ import json
 import netrc
 import os
 import socket
+import sys
 from pathlib import Path
 
-from sumtune.config import TrackerConfig
+from sumtune.config import TrackerConfig, redact, redact_text
 
 
 def _has_api_key() -> bool:
@@ -50,12 +51,16 @@ def start(accelerator, cfg: TrackerConfig, run_name: str, run_dir: Path, config:
         return
     mode = wandb_mode(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Nothing W&B stores may hold a credential: the config, the group, and the command line, which
+    # W&B records from sys.argv in the run's metadata.
+    config = redact(config)
+    sys.argv[:] = [redact_text(arg) for arg in sys.argv]
     init = {
         "wandb": {
             "name": run_name,
             "dir": str(run_dir),
             "mode": mode,
-            "group": cfg.group or run_name,
+            "group": redact_text(cfg.group or run_name),
             "job_type": job_type,
         }
     }
@@ -64,7 +69,8 @@ def start(accelerator, cfg: TrackerConfig, run_name: str, run_dir: Path, config:
     except Exception as err:  # noqa: BLE001 - W&B raises many types; a tracker must never fail a run
         if mode == "offline":
             raise
-        print(f"[sumtune] W&B {mode} start failed ({str(err).splitlines()[0][:120]}); logging offline instead")
+        print(f"[sumtune] W&B {mode} start failed ({redact_text(str(err).splitlines()[0])[:120]}); "
+              "logging offline instead")
         init["wandb"]["mode"] = mode = "offline"
         accelerator.trackers.clear()
         accelerator.init_trackers(cfg.project, config=config, init_kwargs=init)
@@ -121,4 +127,4 @@ class RunLog:
 
 def say(accelerator, message: str) -> None:
     if accelerator.is_main_process:
-        print(f"[sumtune] {message}", flush=True)
+        print(f"[sumtune] {redact_text(message)}", flush=True)

@@ -63,3 +63,37 @@ def test_score_only_prints_and_writes_metrics(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| preds | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in proc.stdout
     assert (tmp_path / "preds.metrics.json").is_file()
+
+
+def test_a_model_that_ships_code_is_refused_unless_trusted(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "configuration_custom.C"}}')
+    proc = run("train/finetune.py", f"model.name_or_path={model}", f"output_dir={tmp_path}")
+    assert one_error_line(proc) == (f"sumtune: error: {model} ships its own Python code (auto_map in its config.json), which "
+                                    "sumtune does not run unless the config says so; set model.trust_remote_code=true "
+                                    "only if you trust it")
+
+
+def test_data_errors_are_found_before_the_model_is_loaded(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()  # a config and no weights: loading it would fail differently
+    (model / "config.json").write_text('{"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}')
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"dialogue": "A: hi", "summary": "A says hi."}\n{"dialogue": "A: bye", \n', encoding="utf-8")
+    proc = run("train/finetune.py", f"model.name_or_path={model}", f"output_dir={tmp_path / 'out'}", "data.source=local",
+               f"data.files={{train: {train}, validation: {train}}}")
+    assert one_error_line(proc) == (f"sumtune: error: {train} line 2: not valid JSON (Expecting property name enclosed in "
+                                    "double quotes); fix or remove the line")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_is_refused_and_left_as_it_was(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    for name in ("metrics.json", "sumtune_config.yaml", "model.safetensors"):
+        (run_dir / name).write_text(name)
+    proc = run("train/finetune.py", "run_name=r", f"output_dir={tmp_path}")
+    assert one_error_line(proc) == (f"sumtune: error: {run_dir} already holds a finished run; choose another run_name "
+                                    "or set overwrite=true")
+    assert all((run_dir / name).read_text() == name for name in ("metrics.json", "sumtune_config.yaml", "model.safetensors"))

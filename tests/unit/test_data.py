@@ -164,3 +164,20 @@ def test_few_shot_prompt_keeps_the_dialogue_and_drops_shots_that_do_not_fit(toke
     assert "Tom." in tokenizer.decode(ids[: len(ids) - len(alone)])
     zero = PromptEncoder(tokenizer, "seed", budget)
     assert zero.encode_prompt("Tom: yes") == (*zero.encode("Tom: yes"), 0)
+
+
+def test_an_unreadable_file_names_the_file_and_the_reason(tmp_path, monkeypatch):
+    import pathlib
+
+    path = write_jsonl(tmp_path / "locked.jsonl", GOOD)
+    real = pathlib.Path.read_text
+
+    def read_text(self, *args, **kwargs):  # as root (CI containers) chmod 000 still reads: make it fail
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    with pytest.raises(DataError) as err:
+        load_split(local_cfg(path), "train")
+    assert str(err.value) == f"{path}: cannot be read (Permission denied)"
