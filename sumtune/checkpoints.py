@@ -13,8 +13,9 @@ import re
 import shutil
 from pathlib import Path
 
+from sumtune import faults
 from sumtune.config import RunConfig, dump_yaml, to_dict
-from sumtune.errors import SumtuneError
+from sumtune.errors import DiskFullError, SumtuneError, is_disk_full
 
 CONFIG_FILE = "sumtune_config.yaml"
 METRICS_FILE = "metrics.json"
@@ -151,13 +152,29 @@ def save_checkpoint(accelerator, cfg: RunConfig, step: int, state: dict) -> Path
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    faults.point("save-pause", step)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    except Exception as err:  # a full disk: torch.save and safetensors each report it their own way
+        if not is_disk_full(err, tmp):
+            raise
+        newest = complete_checkpoints(cfg.run_dir)
+        raise DiskFullError(f"no space left on device while saving checkpoint {tmp} (incomplete: resume=auto never "
+                            f"picks it); newest complete checkpoint: {newest[-1] if newest else 'none'}; free space "
+                            "and start again with resume=auto") from None
+    # Every rank writes into tmp (its RNG states; under DeepSpeed its shards), and save_state ends
+    # in no barrier: the main process must not mark tmp complete and rename it before all are done.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_config(cfg, tmp)
+        faults.point("save", step)
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}) + "\n", encoding="utf-8")  # written last
         swap_in(tmp, folder)
         for old in complete_checkpoints(cfg.run_dir)[: -cfg.train.keep_checkpoints]:
             shutil.rmtree(old)
+        # What a save killed midway left (never picked by resume=auto): stale once this one is whole.
+        for leftover in folder.parent.glob("step-*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     return folder
 
@@ -186,11 +203,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# Keys added to the run config after checkpoints were first written, with the value that gives the
+# behaviour of the versions without them.
+KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 64, "model.trust_remote_code": False}
+
+
 def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
     """Refuse a resumption whose config would train something else than the interrupted run."""
     import yaml
 
     saved = _flat(yaml.safe_load((checkpoint / CONFIG_FILE).read_text(encoding="utf-8")) or {})
+    saved = {**KEYS_ADDED_LATER, **saved}  # a checkpoint from before a key existed ran with its old behaviour
     now = _flat(to_dict(cfg))
     differ = [k for k in sorted(set(saved) | set(now))
               if saved.get(k) != now.get(k) and not k.startswith(RESUME_HARMLESS)]

@@ -12,6 +12,8 @@ import os
 import signal
 from pathlib import Path
 
+from sumtune import faults
+
 # EX_TEMPFAIL: "try again later". The launcher itself then exits 1; the sbatch scripts look for
 # the marker file instead of the code.
 EXIT_PREEMPTED = 75
@@ -24,9 +26,11 @@ class Preemption:
         self.signal_name = ""
 
     def _handler(self, signum, _frame):
-        # Only a flag: a second signal during the checkpoint save changes nothing.
+        # Only a flag, never an exception: a second signal during the checkpoint save changes
+        # nothing (the name kept is the first signal's).
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
     def install(self) -> Preemption:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -36,7 +40,15 @@ class Preemption:
             Path(pid_dir).mkdir(parents=True, exist_ok=True)
             rank = os.environ.get("RANK", "0")
             (Path(pid_dir) / f"rank-{rank}.pid").write_text(str(os.getpid()))
+        faults.arm()  # the tests' kill points inside a step (inert unless SUMTUNE_FAULT is set)
         return self
+
+    def uninstall(self) -> None:
+        """Back to the default actions, once the preemption checkpoint is written: a worker that then
+        hangs in torch's process-group teardown at exit (seen with gloo, now and then) is ended by
+        the launcher's SIGTERM at once, rather than by its SIGKILL 30 s later."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
 
     def agreed(self, accelerator) -> bool:
         """Whether any rank was signalled (a collective: every rank must call it at each step)."""

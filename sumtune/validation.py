@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from sumtune import checkpoints, rouge
+from sumtune import checkpoints, faults, rouge
 from sumtune.config import RunConfig, dump_yaml
 from sumtune.data import PromptEncoder
 from sumtune.generation import generate
@@ -36,8 +36,9 @@ class RougeValidator:
         scores to log and whether early stopping asks to stop (the same on every rank, since
         every rank sees the gathered predictions)."""
         net = self.acc.unwrap_model(model)
-        preds, _ = generate(self.acc, net, self.tok, self.encoder, [r["dialogue"] for r in self.records],
-                            self.cfg.generation, progress=False)
+        with faults.during("rouge", step):  # a test hook (sumtune.faults); inert unless SUMTUNE_FAULT names it
+            preds, _ = generate(self.acc, net, self.tok, self.encoder, [r["dialogue"] for r in self.records],
+                                self.cfg.generation, progress=False)
         model.train()
         means, _ = rouge.score(preds, [r["summary"] for r in self.records])
         scores = {f"val_{k}": v for k, v in means.items()}

@@ -49,3 +49,52 @@ def run_overrides(demo, tmp: Path, name: str, method: str, steps: int = 6) -> li
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# Launcher arguments for a DeepSpeed config on CPU: two processes, fp32 (DESIGN.md).
+DEEPSPEED_ON_CPU = ("--num_processes", "2", "--mixed_precision", "no")
+
+
+def start(script: str, *args: str, pid_dir: Path, config: str, launcher_args: tuple = (),
+          env: dict | None = None) -> subprocess.Popen:
+    """`accelerate launch` as launch() runs it, without waiting: output (stdout and stderr) in one
+    text pipe, the launcher in a session of its own, each worker's pid in ``pid_dir/rank-N.pid``
+    (SUMTUNE_PID_DIR; the elastic agent starts its workers in sessions of their own, so the pids
+    are what lets a test signal or clean up the workers themselves)."""
+    for old in pid_dir.glob("rank-*.pid"):  # a pid from an earlier launch is no worker of this one
+        old.unlink()
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
+           *launcher_args, str(REPO / script), *args]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+                "SUMTUNE_PID_DIR": str(pid_dir), **(env or {})}
+    if "deepspeed" in config:
+        full_env.pop("ACCELERATE_USE_CPU", None)
+    else:
+        full_env["ACCELERATE_USE_CPU"] = "true"
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False
+
+
+def stop_workers(pid_dir: Path, wait_s: float = 10) -> list[int]:
+    """Give the workers of the last start() in ``pid_dir`` ``wait_s`` to be gone, then SIGKILL any
+    left and wait until they are. Returns the pids that had to be killed (strays)."""
+    import signal
+    import time
+
+    pids = [int(p.read_text()) for p in pid_dir.glob("rank-*.pid")]
+    deadline = time.time() + wait_s
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    strays = [p for p in pids if _alive(p)]
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    while any(_alive(p) for p in strays):
+        time.sleep(0.01)
+    return strays

@@ -4,13 +4,16 @@ RNG states of every rank are restored)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import BIN, REPO, check, launch, read_jsonl, run_overrides
+from helpers import BIN, DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_overrides, start, stop_workers
+
+from sumtune import checkpoints
 
 STEPS = 30
 
@@ -115,7 +118,7 @@ def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0  # the launcher reports the workers' exit 75 as a failure
     assert "a preemption signal (on another rank) received: checkpoint" in out and "exiting with 75" in out
-    assert "exitcode  : 75" in out  # both workers, as the launcher reports them
+    assert exit_codes(out)[0] == 75  # the first worker to exit (see exit_codes)
     marker = (tmp_path / "pre" / "preempted").read_text()
     step = int(marker.split(";")[0].split()[1])
     assert 0 < step < STEPS and (pid_dir / "preempted").exists()
@@ -124,6 +127,203 @@ def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, tmp_path):
     check(launch("train/finetune.py", *args, "resume=auto", processes=2))
     assert not (tmp_path / "pre" / "preempted").exists()
     check(launch("train/finetune.py", *overrides(demo, tmp_path, "straight", 1), processes=2))
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "pre")
-    for key in a:
-        assert (a[key] - b[key]).abs().max().item() <= 1e-6, key
+    # The preemption checkpoint sits between two logging steps (log_every=2) when the step is odd:
+    # the logging window so far travels in the checkpoint, so the logs match too.
+    assert_same_run(tmp_path / "straight", tmp_path / "pre")
+
+
+# ----------------------------------------------------------------------------- kills at chosen points
+# SUMTUNE_FAULT (sumtune/faults.py, a test hook) SIGKILLs a worker at an exact point: inside a
+# training step, during a checkpoint save, during the ROUGE validation, during the validation-loss
+# pass. The launcher sees the worker die and tears the other one down.
+
+FAULT_STEPS = 16
+
+
+def fault_overrides(demo, tmp: Path, name: str, method: str = "full", steps: int = FAULT_STEPS, checkpoint_every: int = 2,
+                    rouge_every: int = 4) -> list[str]:
+    base = [o for o in run_overrides(demo, tmp, name, method, steps=steps)
+            if not o.startswith(("train.log_every", "train.eval_every"))]
+    # Every step logged, so every step's loss is compared.
+    return [*base, "train.log_every=1", "train.eval_every=5", f"train.rouge_every={rouge_every}",
+            "train.rouge_examples=16", f"train.checkpoint_every={checkpoint_every}", "train.keep_checkpoints=2",
+            "tracker.backend=none"]
+
+
+def wait_for(condition, proc, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def run_into_fault(args: list[str], fault: str, pid_dir: Path, config: str = "cpu_2proc.yaml",
+                   launcher_args: tuple = ()) -> str:
+    """Run with SUMTUNE_FAULT=fault until a worker kills itself there. Fails unless the fault fired
+    (its marker), the run failed, and the launcher left no worker behind. Returns the output."""
+    kind, step = fault.split("@")[0].split(":")
+    for old in pid_dir.glob("fault-*"):
+        old.unlink()
+    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, launcher_args=launcher_args,
+                 env={"SUMTUNE_FAULT": fault})
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        strays = stop_workers(pid_dir, wait_s=5)
+    assert list(pid_dir.glob(f"fault-{kind}-{step}.rank*")), f"the fault {fault} never fired\n{out[-4000:]}"
+    assert proc.returncode != 0, out[-4000:]
+    assert strays == [], "workers outlived the launcher"
+    return out
+
+
+def weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    (name,) = [n for n in ("model.safetensors", "adapter_model.safetensors") if (run / n).is_file()]
+    return load_file(run / name)
+
+
+THROUGHPUT = ("tokens_per_s", "samples_per_s")
+
+
+def assert_same_run(ref: Path, run: Path, tol: float = 1e-6) -> tuple[float, float]:
+    """``run`` logged what ``ref`` did (the same records, steps and keys; every value but the
+    throughput within ``tol``: losses, learning rates, gradient norms, validation loss, ROUGE) and
+    ended with the same weights. Returns the largest differences (log, weights), for the record."""
+    a, b = read_jsonl(ref / "train_log.jsonl"), read_jsonl(run / "train_log.jsonl")
+    assert [(r["step"], sorted(r)) for r in b] == [(r["step"], sorted(r)) for r in a]
+    log_diff = max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x if k not in THROUGHPUT)
+    wa, wb = weights(ref), weights(run)
+    assert set(wa) == set(wb)
+    weight_diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    print(f"\n{run.name}: max |difference| to the uninterrupted run: log {log_diff:.3g}, weights {weight_diff:.3g}")
+    assert log_diff <= tol and weight_diff <= tol, (log_diff, weight_diff)
+    return log_diff, weight_diff
+
+
+def complete(run: Path) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in checkpoints.complete_checkpoints(run)]
+
+
+@pytest.fixture(scope="module")
+def ddp_straight(demo, tmp_path_factory) -> Path:
+    """The uninterrupted two-process run the fault tests compare with."""
+    tmp = tmp_path_factory.mktemp("straight")
+    check(launch("train/finetune.py", *fault_overrides(demo, tmp, "straight"), processes=2))
+    return tmp / "straight"
+
+
+def test_killed_inside_a_step_during_a_save_rouge_and_val_loss_resumes_exactly(demo, ddp_straight, tmp_path):
+    """One two-process run killed four times, each time at another point, each time resumed with
+    resume=auto from the newest COMPLETE checkpoint: it ends as the uninterrupted run did (every
+    logged value and every weight within 1e-6, dropout on). Checkpoints every 2 steps; in the loop a
+    step's validation loss and ROUGE come before its checkpoint."""
+    run, pids = tmp_path / "run", tmp_path / "pids"
+    args = fault_overrides(demo, tmp_path, "run")
+    # fault, the checkpoint it resumes from, the complete checkpoints left after the kill, the last
+    # step logged (a step's loss is logged before its validation and its checkpoint)
+    plan = [("step:3", None, [2], 2), ("save:6", 2, [2, 4], 6), ("rouge:8", 4, [4, 6], 8), ("val:10", 6, [6, 8], 10)]
+    for fault, resumes_from, left, last_logged in plan:
+        out = run_into_fault([*args, "resume=auto"] if resumes_from else args, fault, pids)
+        if resumes_from:
+            assert f"resuming from {run / 'checkpoints' / f'step-{resumes_from:06d}'} at step {resumes_from}" in out
+        assert complete(run) == left, fault
+        logged = read_jsonl(run / "train_log.jsonl")
+        assert logged[-1]["step"] == last_logged and "loss" in logged[-1], fault
+        if fault == "save:6":  # the kill left step-6.tmp with the state written but not marked complete
+            tmp = run / "checkpoints" / "step-000006.tmp"
+            written = {p.name for p in tmp.iterdir()}
+            assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl"} <= written
+            assert checkpoints.STATE_FILE not in written
+            assert not (run / "checkpoints" / "step-000006").exists()
+        if fault == "rouge:8":
+            assert not any("val_rougeLsum" in r for r in logged if r["step"] == 8)
+        if fault == "val:10":
+            assert not any("val_loss" in r for r in logged if r["step"] == 10)
+    check(launch("train/finetune.py", *args, "resume=auto", processes=2))
+    assert_same_run(ddp_straight, run)
+    assert json.loads((run / "best/best.json").read_text()) == json.loads((ddp_straight / "best/best.json").read_text())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000014", "step-000016"]  # no .tmp left
+
+
+def exit_codes(out: str) -> tuple[int, list[int]]:
+    """From the elastic agent's failure report: the first failed worker's exit code, and every
+    failed worker's."""
+    root = re.search(r"Root Cause.*?exitcode\s+:\s*(-?\d+)", out, re.S)
+    assert root, out[-4000:]
+    return int(root.group(1)), [int(c) for c in re.findall(r"^\s*exitcode\s+:\s*(-?\d+)", out, re.M)]
+
+
+def test_a_second_signal_during_the_preemption_save_changes_nothing(demo, ddp_straight, tmp_path):
+    """SIGUSR1 to rank 1 of a two-process run starts a preemption checkpoint; rank 1 is held inside
+    the save (SUMTUNE_FAULT=save-pause:*@1, before it writes its part) while rank 0 gets SIGTERM and
+    rank 1 SIGUSR1 again. The save completes whole (rank 0 waits for rank 1's files before marking
+    it complete), the workers exit with 75, and resume=auto ends as the uninterrupted run.
+
+    The launcher counts 75 as a failure and tears the other worker down at once: the first to exit
+    reports 75; the other 75 too, unless it was still in torch's gloo process-group teardown at exit
+    (it hangs there now and then, measured in about 1 run in 4 here), where the launcher's SIGTERM
+    ends it (-15), or, while the preemption handler still swallows SIGTERM, its SIGKILL 30 s later (-9)."""
+    from sumtune.preemption import EXIT_PREEMPTED
+
+    run, pids = tmp_path / "twice", tmp_path / "pids"
+    args = fault_overrides(demo, tmp_path, "twice", checkpoint_every=0)  # the preemption save is the only one
+    proc = start("train/finetune.py", *args, pid_dir=pids, config="cpu_2proc.yaml", env={"SUMTUNE_FAULT": "save-pause:*@1"})
+    try:
+        log = run / "train_log.jsonl"
+        wait_for(lambda: log.is_file() and log.read_text().strip() and len(list(pids.glob("rank-*.pid"))) == 2, proc,
+                 "the first logged step")
+        rank0, rank1 = (int((pids / f"rank-{r}.pid").read_text()) for r in (0, 1))
+        os.kill(rank1, signal.SIGUSR1)
+        wait_for(lambda: list(pids.glob("fault-save-pause-*.rank1")), proc, "the preemption save")
+        os.kill(rank0, signal.SIGTERM)
+        os.kill(rank1, signal.SIGUSR1)
+        time.sleep(0.5)  # rank 1's handler runs within one 50 ms poll of the pause; rank 0's when its barrier returns
+        (pids / "continue").touch()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        strays = stop_workers(pids, wait_s=5)
+    assert strays == []
+    first, codes = exit_codes(out)
+    assert proc.returncode != 0 and first == EXIT_PREEMPTED and len(codes) == 2, out[-4000:]
+    assert set(codes) <= {EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGKILL}, codes
+    (paused,) = pids.glob("fault-save-pause-*.rank1")
+    step = int(paused.name.split("-")[3].split(".")[0])
+    assert (run / "preempted").read_text().startswith(f"step {step};") and 0 < step < FAULT_STEPS
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{step:06d}"]  # no .tmp beside it
+    written = {p.name for p in (run / "checkpoints" / f"step-{step:06d}").iterdir()}
+    assert {checkpoints.STATE_FILE, "model.safetensors", "optimizer.bin", "random_states_0.pkl",
+            "random_states_1.pkl"} <= written
+    check(launch("train/finetune.py", *args, "resume=auto", processes=2))
+    assert_same_run(ddp_straight, run)
+
+
+@pytest.mark.parametrize("config, method, fault", [
+    ("deepspeed_zero2.yaml", "lora", "step:5"),  # killed inside step 5 (after DeepSpeed's optimizer step)
+    ("deepspeed_zero3.yaml", "full", "save:6"),  # killed with the ZeRO shards of step 6 in step-000006.tmp
+])
+def test_deepspeed_run_killed_and_resumed_ends_as_the_uninterrupted_one(config, method, fault, demo, tmp_path):
+    """Under DeepSpeed on two processes (ZeRO-2 with LoRA, ZeRO-3 with full fine-tuning), a run
+    SIGKILLed at a fault point and resumed with resume=auto from its newest complete checkpoint
+    (DeepSpeed's own shards, restored by accelerator.load_state) logs the same values and ends with
+    the same weights as an uninterrupted run (within 1e-6, dropout on)."""
+    def args(name: str) -> list[str]:
+        return fault_overrides(demo, tmp_path, name, method, steps=12, rouge_every=0)
+
+    check(launch("train/finetune.py", *args("straight"), config=config, launcher_args=DEEPSPEED_ON_CPU))
+    run_into_fault(args("killed"), fault, tmp_path / "pids", config=config, launcher_args=DEEPSPEED_ON_CPU)
+    assert complete(tmp_path / "killed") == [2, 4]
+    if fault.startswith("save"):  # DeepSpeed's shards written, the checkpoint not marked complete
+        tmp = tmp_path / "killed" / "checkpoints" / "step-000006.tmp"
+        assert (tmp / "pytorch_model").is_dir() and not (tmp / checkpoints.STATE_FILE).exists()
+    proc = check(launch("train/finetune.py", *args("killed"), "resume=auto", config=config,
+                        launcher_args=DEEPSPEED_ON_CPU))
+    assert "(DistributedType.DEEPSPEED)" in proc.stdout and "at step 4" in proc.stdout
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")

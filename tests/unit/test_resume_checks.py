@@ -1,0 +1,35 @@
+"""Which config changes a resume accepts."""
+
+import pytest
+import yaml
+
+from sumtune import checkpoints
+from sumtune.config import RunConfig, dump_yaml, load_config
+from sumtune.errors import SumtuneError
+
+
+def saved_checkpoint(tmp_path, cfg: RunConfig, drop: tuple[str, ...] = ()):
+    folder = tmp_path / "step-000004"
+    folder.mkdir()
+    values = yaml.safe_load(dump_yaml(cfg))
+    for key in drop:
+        section, name = key.split(".")
+        del values[section][name]
+    (folder / checkpoints.CONFIG_FILE).write_text(yaml.safe_dump(values), encoding="utf-8")
+    return folder
+
+
+def test_harmless_changes_resume_and_batch_arithmetic_changes_are_refused_by_name(tmp_path):
+    folder = saved_checkpoint(tmp_path, load_config(None, ["train.lr=1e-3"]))
+    checkpoints.check_resumable(load_config(None, ["train.lr=1e-3", "train.log_every=50"]), folder)
+    with pytest.raises(SumtuneError, match="differs in train.grad_accum, train.per_device_batch_size"):
+        checkpoints.check_resumable(
+            load_config(None, ["train.lr=1e-3", "train.per_device_batch_size=4", "train.grad_accum=2"]), folder)
+
+
+def test_a_checkpoint_from_before_length_grouping_resumes_only_with_random_batches(tmp_path):
+    folder = saved_checkpoint(tmp_path, load_config(None, []),
+                              drop=("train.group_by_length", "train.group_size", "model.trust_remote_code"))
+    with pytest.raises(SumtuneError, match="differs in train.group_by_length"):
+        checkpoints.check_resumable(load_config(None, []), folder)  # today's default groups by length
+    checkpoints.check_resumable(load_config(None, ["train.group_by_length=false"]), folder)
