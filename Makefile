@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/sumtune/torch_extensions
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -35,11 +35,15 @@ demo: $(STAMP)
 		--candidate lora=outputs/demo-lora --candidate full=outputs/demo-full
 
 test: $(STAMP)
-	$(BIN)/ruff check sumtune train eval tests
+	$(BIN)/ruff check sumtune train eval tests bench
 	$(BIN)/python -m pytest -q
 
+# The performance benchmark (not a test: about 20 minutes on 2 cores); writes bench/results.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check sumtune train eval tests
+	$(BIN)/ruff check sumtune train eval tests bench
 
 clean:
 	rm -rf outputs demo wandb

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -39,6 +40,8 @@ class ModelConfig:
     # Load the frozen base in 8 or 4 bits (bitsandbytes) under LoRA; not with DeepSpeed ZeRO-3.
     quantization: Literal["none", "8bit", "4bit"] = "none"
     gradient_checkpointing: bool = False
+    # Run Python code shipped with a model (a config.json with "auto_map"): only for models you trust.
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -81,6 +84,11 @@ class TrainConfig:
     max_steps: int = 0
     per_device_batch_size: int = 8
     grad_accum: int = 1
+    # Length-grouped batches: examples are drawn in random pools of group_size batches, each pool
+    # sorted by length and cut into batches, and the batches shuffled, so little of a step is
+    # spent on padding. false: plain random batches.
+    group_by_length: bool = True
+    group_size: int = 64
     max_grad_norm: float = 1.0
     seed: int = 42
     log_every: int = 10
@@ -312,7 +320,63 @@ def to_dict(cfg: Any) -> dict:
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+    """The resolved config as saved in run and checkpoint folders (secrets redacted)."""
+    return yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------- secrets
+
+# Credentials a run may find in its environment. Any other variable whose name says it holds one
+# (GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, ...) counts too.
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN")
+_SECRET_ENV_NAME = re.compile(r"(^|_)(TOKEN|API_?KEY|SECRET|PASSWORD|PASSWD|ACCESS_KEY)(_|$)", re.IGNORECASE)
+# Mapping keys whose text values are credentials (not max_new_tokens, not pad_token_id: those hold numbers).
+_SECRET_KEY = re.compile(r"(^|[_.-])(token|api_?key|secret|password|passwd|access_key)($|[_.-])", re.IGNORECASE)
+REDACTED = "***"
+
+
+def secret_values() -> dict[str, str]:
+    """Credentials in the environment: variable name -> value. Values under 8 characters are left
+    out: redacting "1" or "true" everywhere would mangle everything else."""
+    return {name: value for name, value in os.environ.items()
+            if (name in SECRET_ENV or _SECRET_ENV_NAME.search(name)) and len(value.strip()) >= 8}
+
+
+def redact_text(text: str) -> str:
+    for value in secret_values().values():
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact(node: Any) -> Any:
+    """A copy of ``node`` (dicts, lists, strings) fit to save or log: the environment's credentials
+    replaced by ``***`` wherever they appear, and the text of secret-looking keys (token, api_key,
+    password, secret) replaced whole."""
+    if isinstance(node, dict):
+        return {k: REDACTED if isinstance(v, str) and v and _SECRET_KEY.search(str(k)) else redact(v)
+                for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [redact(v) for v in node]
+    if isinstance(node, str):
+        return redact_text(node)
+    return node
+
+
+def _check_no_secrets(tree: dict, prefix: str = "") -> None:
+    """A credential pasted into the run config would be saved into every run folder and sent to
+    W&B; refuse it, naming the key and the variable, never the value."""
+    secrets = secret_values()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _check_no_secrets(value, f"{prefix}{key}.")
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            for name, secret in secrets.items():
+                if isinstance(item, str) and secret in item:
+                    raise ConfigError(
+                        f"config key '{prefix}{key}' holds the value of ${name}; credentials stay in the environment "
+                        "(the run config is saved in the run folder and sent to W&B)"
+                    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -325,6 +389,7 @@ def _require(cond: bool, key: str, message: str) -> None:
 
 def validate(cfg: RunConfig) -> None:
     t, d, m, g = cfg.train, cfg.data, cfg.model, cfg.generation
+    _check_no_secrets(to_dict(cfg))
     _require(bool(cfg.run_name.strip()) and "/" not in cfg.run_name, "run_name", "must be a non-empty folder name")
     _require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
@@ -339,6 +404,7 @@ def validate(cfg: RunConfig) -> None:
     _require(t.max_steps >= 0, "train.max_steps", f"must be >= 0, got {t.max_steps}")
     _require(t.per_device_batch_size >= 1, "train.per_device_batch_size", f"must be >= 1, got {t.per_device_batch_size}")
     _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _require(t.group_size >= 1, "train.group_size", f"must be >= 1 (batches per length-sorted pool), got {t.group_size}")
     _require(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     _require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _require(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")

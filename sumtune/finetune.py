@@ -10,7 +10,7 @@ import torch
 
 from sumtune import checkpoints, data, loop, models, preemption, tracking
 from sumtune.config import RunConfig, to_dict
-from sumtune.distributed import deepspeed_stage, make_accelerator, world_size
+from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
 from sumtune.errors import SumtuneError
 from sumtune.validation import RougeValidator
 
@@ -20,17 +20,23 @@ def run(cfg: RunConfig) -> dict:
     resume_from = checkpoints.find_resume_checkpoint(cfg)
     if resume_from:
         checkpoints.check_resumable(cfg, resume_from)
+    check_deepspeed_config(cfg)
     mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    models.check_precision(cfg.model.name_or_path, mixed)
+    models.check_precision(cfg.model.name_or_path, mixed, cfg.model.trust_remote_code)
     models.check_quantization(cfg.model.quantization, deepspeed_stage())
+    models.check_model_source(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.data.source == "local":
+        # Read again below; a bad file or row is reported here, before minutes of model loading.
+        for split in ("train", "validation"):
+            data.load_split(cfg.data, split)
 
     from accelerate.utils import set_seed
 
     set_seed(cfg.train.seed)
     # The model is built before the Accelerator: under ZeRO-3 a model created after it loses
     # FLAN-T5's untied lm_head (DESIGN.md).
-    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-    base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization)
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code)
     model = models.apply_method(base, cfg.model)
     accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
     say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
@@ -52,10 +58,9 @@ def run(cfg: RunConfig) -> dict:
 
     collate = data.make_collator(tokenizer)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    train_dl = torch.utils.data.DataLoader(
-        train_feats, batch_size=cfg.train.per_device_batch_size, shuffle=True, collate_fn=collate, generator=generator
-    )
-    val_dl = torch.utils.data.DataLoader(val_feats, batch_size=cfg.train.per_device_batch_size, collate_fn=collate)
+    train_dl = data.train_loader(train_feats, cfg.train, collate, generator)
+    say(data.batching_report(train_feats, cfg.train, cfg.train.seed))
+    val_dl = data.validation_loader(val_feats, cfg.train, collate, accelerator.num_processes)
     optimizer, scheduler = loop.make_optimizer(model, cfg.train, plan)
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     # The scheduler is stepped by the loop, not by Accelerate (see loop.make_optimizer), so it is
@@ -98,6 +103,8 @@ def run(cfg: RunConfig) -> dict:
             preemption.mark_preempted(run_dir, metrics["step"], metrics["checkpoint"])
         say(f"{signals.signal_name or 'a preemption signal (on another rank)'} received: checkpoint {metrics['checkpoint']} written at step "
             f"{metrics['step']}; exiting with {preemption.EXIT_PREEMPTED}; start again with resume=auto to continue")
+        accelerator.wait_for_everyone()  # the marker is written before any rank exits
+        signals.uninstall()
         accelerator.end_training()
         raise SystemExit(preemption.EXIT_PREEMPTED)
     if validator:
@@ -117,6 +124,9 @@ def run(cfg: RunConfig) -> dict:
     checkpoints.save_run(accelerator, model, tokenizer, cfg, metrics)
     tracking.set_summary(accelerator, {"final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss"),
                                        **({k: v for k, v in metrics.items() if k.startswith("best_")})})
+    speed = metrics["throughput"]
+    say(f"training steps: {speed['real_tokens_per_s']:,.0f} real tokens/s, {speed['samples_per_s']:.1f} samples/s, "
+        f"{speed['real_token_share']:.1%} of token positions real")
     say(f"saved {run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f})")
     accelerator.end_training()
     return metrics

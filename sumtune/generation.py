@@ -22,17 +22,18 @@ class PromptStats:
     shots_dropped: int = 0  # few-shot examples left out because they did not fit
 
 
-def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
+def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int, sort: bool = True) -> list[list[int]]:
     """Indices sorted by length (longest first, so memory trouble shows at once), cut into batches,
-    dealt to ranks round-robin. Every index lands in exactly one batch of exactly one rank."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    dealt to ranks round-robin. Every index lands in exactly one batch of exactly one rank.
+    ``sort=False`` keeps the data order (the naive baseline the benchmark compares against)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if sort else list(range(len(lengths)))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return batches[rank::world]
 
 
 @torch.no_grad()
 def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: list[str], gen: GenerationConfig,
-             progress: bool = True) -> tuple[list[str], PromptStats]:
+             progress: bool = True, sort: bool = True) -> tuple[list[str], PromptStats]:
     """Summaries for ``dialogues`` in their order, on every rank, and what building the prompts cut."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -41,7 +42,7 @@ def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: l
     inputs = [ids for ids, _, _ in encoded]
     stats = PromptStats(sum(cut for _, cut, _ in encoded), sum(dropped for _, _, dropped in encoded))
     batches = shard_batches([len(x) for x in inputs], gen.batch_size, accelerator.process_index,
-                            accelerator.num_processes)
+                            accelerator.num_processes, sort)
     # Under ZeRO-3 every forward is a collective (weights are gathered layer by layer): each rank
     # must call generate as often as the others, so a rank short of a batch runs a dummy one.
     lockstep = accelerator.num_processes > 1 and accelerator.distributed_type == "DEEPSPEED" and _zero3()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -91,17 +92,22 @@ def make_optimizer(model, cfg: TrainConfig, plan: StepPlan):
 
 @torch.no_grad()
 def validation_loss(accelerator, model, dataloader, max_batches: int = 0) -> float:
-    """Token-weighted mean loss over the validation data, agreed across ranks."""
+    """Token-weighted mean loss over the validation data, agreed across ranks.
+
+    Per-example sums go through ``gather_for_metrics``, which drops the examples Accelerate
+    repeats to give every rank the same number of batches, so each example counts once."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64)
     for i, batch in enumerate(dataloader):
         if max_batches and i >= max_batches:
             break
-        tokens = (batch["labels"] != -100).sum()
-        loss = model(**batch).loss
-        total += torch.stack([loss.double() * tokens, tokens.double()])
-    total = accelerator.reduce(total, reduction="sum")
+        logits = model(**batch).logits
+        labels = batch["labels"]
+        per_token = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                      reduction="none").view(labels.shape)
+        rows = torch.stack([per_token.sum(1).double(), (labels != -100).sum(1).double()], dim=1)
+        total += accelerator.gather_for_metrics(rows).sum(0).cpu()
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
 
@@ -116,6 +122,80 @@ class Position:
     epoch: int = 0
     batches_in_epoch: int = 0
     generator_state: list[int] | None = None
+    window: list[float] | None = None  # the logging window so far (Meter.carry)
+
+
+class Meter:
+    """Loss and throughput of the training batches, per logging window and over the run.
+
+    Loss sums and real-token counts stay on the device (no host sync per batch); samples and
+    token positions (padding included) are known on the host from the shapes. Time spent
+    validating or checkpointing (inside ``aside()``) does not count as training time.
+    ``window()`` and ``run()`` are collectives: every rank calls them at the same steps.
+    """
+
+    def __init__(self, accelerator):
+        self.acc = accelerator
+        self.sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss, batches, real tokens
+        self.samples = self.positions = 0
+        self.totals = torch.zeros(4, dtype=torch.float64)  # this rank: real tokens, positions, samples, seconds
+        self.started, self.paused = time.perf_counter(), 0.0
+
+    def add(self, batch: dict, loss: torch.Tensor) -> None:
+        self.sums[0] += loss.detach()
+        self.sums[1] += 1
+        self.sums[2] += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+        self.samples += batch["input_ids"].shape[0]
+        self.positions += batch["input_ids"].numel() + batch["labels"].numel()
+
+    @contextmanager
+    def aside(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
+    def _close(self) -> torch.Tensor:
+        """[loss sum, batches, real tokens, samples, positions, seconds] of this rank's window."""
+        seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
+        mine = torch.cat([self.sums.cpu(), torch.tensor([self.samples, self.positions, seconds], dtype=torch.float64)])
+        self.totals += mine[[2, 4, 3, 5]]
+        self.sums.zero_()
+        self.samples = self.positions = 0
+        self.started, self.paused = time.perf_counter(), 0.0
+        return mine
+
+    def carry(self) -> list[float]:
+        """This logging window so far, summed over ranks (a collective), for a checkpoint: a run
+        resumed between two logging steps then logs the same average as an uninterrupted one."""
+        seconds = time.perf_counter() - self.started - self.paused
+        mine = torch.cat([self.sums.cpu(), torch.tensor([self.samples, self.positions, seconds], dtype=torch.float64)])
+        carried = self.acc.reduce(mine.to(self.acc.device), reduction="sum").cpu().tolist()
+        return carried[:5] + [carried[5] / self.acc.num_processes]
+
+    def restore(self, carried: list[float]) -> None:
+        self.started -= carried[5]  # every rank: window time is averaged over ranks
+        if self.acc.is_main_process:  # the sums over ranks are carried once
+            self.sums += torch.tensor(carried[:3], dtype=torch.float64, device=self.sums.device)
+            self.samples, self.positions = int(carried[3]), int(carried[4])
+
+    def window(self) -> dict:
+        t = self.acc.reduce(self._close().to(self.acc.device), reduction="sum").cpu().tolist()
+        seconds = t[5] / self.acc.num_processes
+        return {"loss": t[0] / t[1], "tokens_per_s": t[2] / seconds, "samples_per_s": t[3] / seconds,
+                "real_token_share": t[2] / max(t[4], 1.0)}
+
+    def run(self) -> dict:
+        """Throughput of the training steps of this launch (a resumed run counts from where it
+        resumed), validation and checkpoints excluded."""
+        if self.samples:  # batches after the last logging step (a stop before total_steps)
+            self._close()
+        t = self.acc.reduce(self.totals.to(self.acc.device), reduction="sum").cpu().tolist()
+        seconds = max(t[3] / self.acc.num_processes, 1e-9)
+        return {"real_tokens": int(t[0]), "token_positions": int(t[1]), "samples": int(t[2]),
+                "seconds": round(seconds, 3), "real_tokens_per_s": round(t[0] / seconds, 1),
+                "samples_per_s": round(t[2] / seconds, 2), "real_token_share": round(t[0] / max(t[1], 1.0), 4)}
 
 
 class NonFiniteError(SumtuneError):
@@ -144,8 +224,9 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
     resume_generator = pos.generator_state
     stopped_early = preempted = False
     last_checkpoint = "none"
-    window = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss sum, batches, tokens, samples
-    window_start = time.perf_counter()
+    meter = Meter(accelerator)
+    if pos.window:
+        meter.restore(pos.window)
     grad_norm = torch.tensor(0.0)
     last: dict = {}
     model.train()
@@ -175,52 +256,41 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                         )
                 optimizer.step()
                 optimizer.zero_grad()
-            tokens = batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
-            window += torch.stack(
-                [loss.detach().double(), torch.ones((), dtype=torch.float64, device=loss.device),
-                 tokens.double(), torch.tensor(float(batch["input_ids"].shape[0]), dtype=torch.float64, device=loss.device)]
-            )
+            meter.add(batch, loss)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == plan.total_steps:
-                totals = accelerator.reduce(window, reduction="sum")
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                last = {
-                    "epoch": round(step / plan.steps_per_epoch, 4),
-                    "loss": (totals[0] / totals[1]).item(),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": totals[2].item() / elapsed,
-                    "samples_per_s": totals[3].item() / elapsed,
-                }
+                last = {"epoch": round(step / plan.steps_per_epoch, 4), "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm), **meter.window()}
                 log.log(last, step=step)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
-                window.zero_()
-                window_start = time.perf_counter()
-            if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
-                log.log({"val_loss": validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)}, step=step)
-            if validate and (step % cfg.rouge_every == 0 or step == plan.total_steps):
-                scores, stop = validate(model, step)
-                log.log(scores, step=step)
-                if stop:
-                    accelerator.set_trigger()
-                # A collective: every rank validates at the same steps, so every rank gets here.
-                if accelerator.check_trigger():
-                    stopped_early = True
+            with meter.aside():  # validation and checkpoints are not training time
+                if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
+                    log.log({"val_loss": validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)}, step=step)
+                if validate and (step % cfg.rouge_every == 0 or step == plan.total_steps):
+                    scores, stop = validate(model, step)
+                    log.log(scores, step=step)
+                    if stop:
+                        accelerator.set_trigger()
+                    # A collective: every rank validates at the same steps, so every rank gets here.
+                    if accelerator.check_trigger():
+                        stopped_early = True
             preempted = preemption is not None and preemption.agreed(accelerator)
             if checkpoint and (preempted or cfg.checkpoint_every and (
                     step % cfg.checkpoint_every == 0 or step == plan.total_steps or stopped_early)):
-                where = Position(step, epoch, batches_in_epoch, epoch_generator if generator is not None else None)
-                last_checkpoint = checkpoint(step, asdict(where))
+                where = Position(step, epoch, batches_in_epoch, epoch_generator if generator is not None else None,
+                                 meter.carry())
+                with meter.aside():
+                    last_checkpoint = checkpoint(step, asdict(where))
             if step >= plan.total_steps or stopped_early or preempted:
                 break
         else:
             epoch += 1
     bar.close()
-    final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early}
+    final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early, "throughput": meter.run()}
     if preempted:
         return {**final, "preempted": True, "checkpoint": last_checkpoint}
     if val_dl is not None:

@@ -15,7 +15,9 @@ from sumtune import rouge
 def runs(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     lora = check(launch("train/finetune.py", *run_overrides(demo, tmp, "lora", "lora")))
-    full = check(launch("train/finetune.py", *run_overrides(demo, tmp, "full", "full", steps=4)))
+    # 21 validation examples: 3 batches of 4 per rank, the last round filled up by repeats.
+    full = check(launch("train/finetune.py", *run_overrides(demo, tmp, "full", "full", steps=4),
+                        "data.max_eval_examples=21", "train.eval_max_batches=0"))
     return {"tmp": tmp, "lora": tmp / "lora", "full": tmp / "full", "lora_proc": lora, "full_proc": full}
 
 
@@ -33,11 +35,56 @@ def test_train_log_has_every_field_at_each_interval(runs):
     train_rows = [r for r in log if "loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]
     for row in train_rows:
-        assert set(row) >= {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s"}
+        assert set(row) >= {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
+                            "real_token_share"}
+        assert 0 < row["real_token_share"] <= 1
         assert row["loss"] > 0 and row["tokens_per_s"] > 0 and row["grad_norm"] > 0
     assert [r["lr"] for r in train_rows] == sorted([r["lr"] for r in train_rows], reverse=True)  # decaying
     val_steps = [r["step"] for r in log if "val_loss" in r]
     assert val_steps == [3, 6]  # every eval_every steps, and at the end
+
+
+def test_two_ranks_train_on_the_length_grouped_batches_dealt_round_robin(runs, demo):
+    """The tokens the run counted are exactly those of the first 6 steps x 2 ranks of the
+    sampler's order for this seed: grouping survives Accelerate's sharding, and what is reported
+    is what was trained on."""
+    import torch
+
+    from sumtune import data, models
+    from sumtune.config import load_config
+
+    saved = load_config(runs["lora"] / "sumtune_config.yaml")
+    tokenizer = models.load_tokenizer(demo["model"])
+    records, _ = data.load_split(saved.data, "train")
+    feats, _ = data.encode_records(records, tokenizer, saved.data)
+    lengths = data.example_lengths(feats)
+    order = list(data.LengthGroupedBatches(lengths, 4, torch.Generator().manual_seed(saved.train.seed),
+                                           saved.train.group_size))
+    used = order[:12]
+    throughput = json.loads((runs["lora"] / "metrics.json").read_text())["throughput"]
+    assert throughput["samples"] == 48
+    assert throughput["real_tokens"] == sum(sum(lengths[i]) for b in used for i in b)
+    assert throughput["real_token_share"] == pytest.approx(data.real_token_share(used, lengths), abs=1e-4)
+    line = next(x for x in runs["lora_proc"].stdout.splitlines() if "batches: length-grouped" in x)
+    grouped, random_ = (float(x.split("%")[0].split()[-1]) for x in line.split("real")[:2])
+    assert grouped > 90 > random_
+
+
+def test_validation_loss_counts_every_example_once_across_two_ranks(runs, demo):
+    """Accelerate repeats examples so that both ranks get 3 batches of 4 (24 for 21);
+    gather_for_metrics drops the repeats: the loss is the token-weighted mean over the 21."""
+    from sumtune import data, loop, models
+    from sumtune.config import load_config
+
+    saved = load_config(runs["full"] / "sumtune_config.yaml")
+    tokenizer = models.load_tokenizer(str(runs["full"]))
+    model = models.load_model(str(runs["full"]))
+    records, _ = data.load_split(saved.data, "validation", 21)
+    feats, _ = data.encode_records(records, tokenizer, saved.data)
+    from accelerate import Accelerator
+
+    direct = loop.validation_loss(Accelerator(cpu=True), model, [data.make_collator(tokenizer)(feats)])
+    assert json.loads((runs["full"] / "metrics.json").read_text())["val_loss"] == pytest.approx(direct, rel=1e-5)
 
 
 def test_lora_run_folder_loads_with_plain_peft_and_holds_the_adapter_only(runs, demo):

@@ -68,3 +68,52 @@ def test_set_dropout_reaches_every_dropout_of_t5_including_attention():
     assert torch.equal(a, b)  # no randomness left in training mode
     rates = [m.dropout for m in model.modules() if isinstance(getattr(m, "dropout", None), float)]
     assert rates and all(r == 0.0 for r in rates)
+
+
+def test_meter_counts_real_tokens_padding_and_leaves_out_time_set_aside():
+    import time
+
+    import torch
+    from accelerate import Accelerator
+
+    from sumtune.loop import Meter
+
+    meter = Meter(Accelerator(cpu=True))
+    batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
+             "labels": torch.tensor([[3, 4, 1], [3, 1, -100]])}
+    meter.add(batch, torch.tensor(2.0))
+    meter.add(batch, torch.tensor(4.0))
+    with meter.aside():
+        time.sleep(0.3)
+    window = meter.window()
+    assert window["loss"] == 3.0
+    assert window["real_token_share"] == (7 + 5) / (10 + 6)
+    assert window["samples_per_s"] > 4 / 0.3  # the 0.3 s set aside is not in the denominator
+    meter.add(batch, torch.tensor(1.0))  # after the last window: still counted in the run
+    run = meter.run()
+    assert (run["samples"], run["real_tokens"], run["token_positions"]) == (6, 36, 48)
+
+
+def test_a_logging_window_carried_through_a_checkpoint_logs_what_an_unbroken_one_does():
+    import torch
+    from accelerate import Accelerator
+
+    from sumtune.loop import Meter
+
+    def batch(n):
+        return {"input_ids": torch.zeros(n, 4, dtype=torch.long), "attention_mask": torch.ones(n, 4, dtype=torch.long),
+                "labels": torch.ones(n, 2, dtype=torch.long)}
+
+    acc = Accelerator(cpu=True)
+    unbroken, before = Meter(acc), Meter(acc)
+    for m in (unbroken, before):
+        m.add(batch(2), torch.tensor(3.0))
+    carried = before.carry()  # the checkpoint between two logging steps
+    after = Meter(acc)  # the resumed process
+    after.restore(carried)
+    for m in (unbroken, after):
+        m.add(batch(3), torch.tensor(1.0))
+    a, b = unbroken.window(), after.window()
+    assert (a["loss"], a["real_token_share"]) == (b["loss"], b["real_token_share"]) == (2.0, 1.0)
+    assert after.run()["samples"] == 5

@@ -37,3 +37,14 @@ def test_identical_texts_score_one_and_lengths_must_match():
     assert all(v == pytest.approx(1.0) for v in means.values())
     with pytest.raises(ValueError):
         score(["a"], ["a", "b"])
+
+
+def test_scoring_in_a_pool_gives_the_same_scores_in_the_same_order():
+    from sumtune.rouge import score
+
+    refs = [f"Anna will meet Tom at {h} pm. She brings the notes." for h in range(1, 13)] * 5
+    preds = [f"Tom meets Anna at {h + i % 3} pm." for i, h in enumerate(range(1, 13))] * 5
+    one = score(preds, refs, workers=1)
+    pooled = score(preds, refs, workers=3)
+    assert pooled == one
+    assert len({round(e["rouge1"], 6) for e in one[1]}) > 1  # the order is checkable: not all equal
