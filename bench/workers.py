@@ -118,13 +118,15 @@ def run_sumtune(args: dict) -> dict:
 
     cfg = bench_config(args)
     memory = TrainingMemory()
-    loop.fit = memory.wrap(loop.fit)
+    if args.get("sample_memory"):  # only in the memory runs: the sampling thread costs training time
+        loop.fit = memory.wrap(loop.fit)
     metrics = finetune.run(cfg)
     log = [json.loads(x) for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
     tokenizer = models.load_tokenizer(str(cfg.run_dir))
     result = {"train": metrics["throughput"], "tail_loss": tail_loss([r["loss"] for r in log if "loss" in r]),
               "trainable_parameters": metrics["trainable_parameters"],
-              "rss_at_training_start_mib": round(memory.at_start, 1), "rss_peak_in_training_mib": round(memory.peak, 1)}
+              **({"rss_at_training_start_mib": round(memory.at_start, 1), "rss_peak_in_training_mib": round(memory.peak, 1)}
+                 if args.get("sample_memory") else {})}
     if args.get("heldout", True) and args.get("method", "full") == "full":
         model = models.load_model(str(cfg.run_dir))
         result["heldout_loss"] = heldout_loss(model, features(cfg, tokenizer, "validation"), data.make_collator(tokenizer))
@@ -180,7 +182,8 @@ def run_hf(args: dict) -> dict:
                       "samples_per_s": round(counts["samples"] / seconds, 2),
                       "real_token_share": round(counts["real_tokens"] / counts["token_positions"], 4)},
             "tail_loss": tail_loss(losses),
-            "heldout_loss": heldout_loss(model, features(cfg, tokenizer, "validation"), data.make_collator(tokenizer))}
+            "heldout_loss": heldout_loss(model, features(cfg, tokenizer, "validation"), data.make_collator(tokenizer))
+            if args.get("heldout", True) else None}
 
 
 def run_generate(args: dict) -> dict:
@@ -195,19 +198,23 @@ def run_generate(args: dict) -> dict:
     records, _ = data.load_split(cfg.data, "validation")
     dialogues = [r["dialogue"] for r in records]
     encoder = data.PromptEncoder(tokenizer, cfg.data.template, cfg.data.max_source_length)
-    gen = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=args["gen_batch"])
     accelerator = Accelerator(cpu=True)
-    out = {}
-    generation.generate(accelerator, model, tokenizer, encoder, dialogues[:gen.batch_size], gen, progress=False)  # warm-up
-    for name, sort in (("unsorted", False), ("sorted", True)):
-        start = time.perf_counter()
-        texts, _ = generation.generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress=False, sort=sort)
-        seconds = time.perf_counter() - start
-        out[name] = {"seconds": round(seconds, 3), "summaries_per_s": round(len(texts) / seconds, 2), "texts": texts}
-    same = sum(a == b for a, b in zip(out["sorted"]["texts"], out["unsorted"]["texts"]))
-    for v in out.values():
-        del v["texts"]
-    return {**out, "dialogues": len(dialogues), "identical_summaries": same}
+    warm = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=8)
+    generation.generate(accelerator, model, tokenizer, encoder, dialogues[:8], warm, progress=False)
+    sizes = {}
+    for size in args["gen_batches"]:
+        gen = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=size)
+        out = {}
+        for name, sort in (("unsorted", False), ("sorted", True)):
+            start = time.perf_counter()
+            texts, _ = generation.generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress=False, sort=sort)
+            seconds = time.perf_counter() - start
+            out[name] = {"seconds": round(seconds, 3), "summaries_per_s": round(len(texts) / seconds, 2), "texts": texts,
+                         "batches": len(generation.make_batches([len(encoder.encode_prompt(d)[0]) for d in dialogues],
+                                                                size, sort))}
+        out["identical_summaries"] = sum(a == b for a, b in zip(out["sorted"].pop("texts"), out["unsorted"].pop("texts")))
+        sizes[str(size)] = out
+    return {"dialogues": len(dialogues), "by_batch_size": sizes}
 
 
 def run_rouge(args: dict) -> dict:

@@ -88,7 +88,7 @@ class TrainConfig:
     # sorted by length and cut into batches, and the batches shuffled, so little of a step is
     # spent on padding. false: plain random batches.
     group_by_length: bool = True
-    group_size: int = 64
+    group_size: int = 256
     max_grad_norm: float = 1.0
     seed: int = 42
     log_every: int = 10

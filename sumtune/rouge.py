@@ -55,15 +55,18 @@ def _workers(requested: int | None, pairs: int) -> int:
         return requested
     if requested == 0 or pairs < PARALLEL_MIN_PAIRS:
         return 1
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Every rank of a launch scores: the node's cores are shared among its ranks.
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 def score(predictions: list[str], references: list[str], workers: int | None = None
           ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """(mean F-measure per ROUGE type, per-example F-measures).
 
-    ``workers``: processes to score with; None picks one per available core (up to 8) for
-    PARALLEL_MIN_PAIRS pairs or more, 0 or 1 scores in this process. Scores do not depend on it.
+    ``workers``: processes to score with; None picks one per available core (up to 8, shared
+    among the ranks of a launch) for PARALLEL_MIN_PAIRS pairs or more; 0 or 1 scores in this
+    process. The scores do not depend on it.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")

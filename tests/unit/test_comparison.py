@@ -8,7 +8,7 @@ import pytest
 from sumtune import compare
 from sumtune.errors import SumtuneError
 from sumtune.evaluation import draw_shots, parse_candidate, run_score_only
-from sumtune.generation import shard_batches
+from sumtune.generation import MAX_GROWTH, make_batches, shard_batches
 
 
 def result(name, preds, refs):
@@ -118,9 +118,19 @@ def test_generation_shards_cover_every_example_once(n, bs, world):
     seen = [i for rank in range(world) for batch in shard_batches(lengths, bs, rank, world) for i in batch]
     assert sorted(seen) == list(range(n))
     batches = shard_batches(lengths, bs, 0, 1)
-    assert all(len(b) <= bs for b in batches)
+    longest = max(lengths)
+    assert len(batches[0]) == min(bs, n)  # the longest prompts: batch_size of them
+    for b in batches:  # shorter ones: as many as fit in the first batch's token positions
+        assert len(b) <= MAX_GROWTH * bs and len(b) * max(1, max(lengths[i] for i in b)) <= bs * max(1, longest)
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat, reverse=True)  # length-sorted, longest first
+    unsorted = shard_batches(lengths, bs, 0, 1, sort=False)
+    assert [i for b in unsorted for i in b] == list(range(n)) and all(len(b) <= bs for b in unsorted)
+
+
+def test_short_prompts_share_fewer_fuller_batches():
+    batches = make_batches([100] * 4 + [10] * 40, 4)
+    assert [len(b) for b in batches] == [4, 32, 8]  # 4 x 100 positions; then 32 (the cap) and the rest
 
 
 def test_score_only_writes_metrics_and_never_overwrites(tmp_path):

@@ -48,3 +48,17 @@ def test_scoring_in_a_pool_gives_the_same_scores_in_the_same_order():
     pooled = score(preds, refs, workers=3)
     assert pooled == one
     assert len({round(e["rouge1"], 6) for e in one[1]}) > 1  # the order is checkable: not all equal
+
+
+def test_the_pool_shares_the_cores_among_the_ranks_of_a_launch(monkeypatch):
+    import os
+
+    from sumtune.rouge import _workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert _workers(None, 100) == 1  # small: not worth a pool
+    assert _workers(None, 1000) == max(1, min(8, cores))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert _workers(None, 1000) == 1
+    assert _workers(3, 10) == 3 and _workers(0, 1000) == 1
