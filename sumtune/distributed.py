@@ -59,7 +59,7 @@ def deepspeed_stage() -> int | None:
     return int(stage) if stage not in (None, "") else None
 
 
-def _uses_deepspeed() -> bool:
+def uses_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
@@ -67,7 +67,7 @@ def deepspeed_config_path() -> Path | None:
     """The DeepSpeed JSON this process was launched with (accelerate passes the accelerate config's
     ``deepspeed_config_file`` on in ACCELERATE_DEEPSPEED_CONFIG_FILE), None without one."""
     path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
-    return Path(path) if _uses_deepspeed() and path not in ("", "none") else None
+    return Path(path) if uses_deepspeed() and path not in ("", "none") else None
 
 
 def read_deepspeed_config(path: Path) -> dict:

@@ -68,9 +68,9 @@ def _fused_adamw(params: list) -> bool | None:
     """The fused AdamW kernel (one pass over all tensors: on CPU several times cheaper per step than
     the per-tensor loop torch picks there by default), except under DeepSpeed, which steps the
     optimizer on its own flattened partitions."""
-    import os
+    from sumtune.distributed import uses_deepspeed
 
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+    if uses_deepspeed():
         return None
     ok = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
     return True if ok and params else None
