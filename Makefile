@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(BIN)/ruff check sumtune train eval tests bench
 	$(BIN)/python -m pytest -q
 
-# The performance benchmark (not a test: about 20 minutes on 2 cores); writes bench/results.md.
+# The performance benchmark (not a test: about 10 minutes on 2 cores); writes bench/results.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
