@@ -87,17 +87,15 @@ def bench_config(args: dict):
     ])
 
 
-@torch.no_grad()
 def heldout_loss(model, features: list[dict], collate, batch_size: int = 32) -> float:
-    """Token-weighted mean loss over ``features`` (the validation split)."""
-    model.eval()
-    total = tokens = 0.0
-    for i in range(0, len(features), batch_size):
-        batch = collate(features[i:i + batch_size])
-        n = (batch["labels"] != -100).sum().item()
-        total += model(**batch).loss.item() * n
-        tokens += n
-    return total / tokens
+    """Token-weighted mean loss over ``features`` (the validation split), as sumtune's loop
+    computes its validation loss."""
+    from accelerate import Accelerator
+
+    from sumtune.loop import validation_loss
+
+    batches = (collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size))
+    return validation_loss(Accelerator(cpu=True), model, batches)
 
 
 def features(cfg, tokenizer, split: str):

@@ -50,12 +50,12 @@ def world_size() -> int:
 
 def deepspeed_stage() -> int | None:
     """The ZeRO stage this process was launched with (None without DeepSpeed)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+    if not uses_deepspeed():
         return None
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and Path(path).is_file():
-        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", stage)
+    path = deepspeed_config_path()
+    if path is not None and path.is_file():
+        stage = json.loads(path.read_text()).get("zero_optimization", {}).get("stage", stage)
     return int(stage) if stage not in (None, "") else None
 
 

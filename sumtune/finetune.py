@@ -25,10 +25,14 @@ def run(cfg: RunConfig) -> dict:
     models.check_precision(cfg.model.name_or_path, mixed, cfg.model.trust_remote_code)
     models.check_quantization(cfg.model.quantization, deepspeed_stage())
     models.check_model_source(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.data.source == "local":
-        # Read again below; a bad file or row is reported here, before minutes of model loading.
-        for split in ("train", "validation"):
-            data.load_split(cfg.data, split)
+
+    def read_splits():
+        return (data.load_split(cfg.data, "train", cfg.data.max_train_examples),
+                data.load_split(cfg.data, "validation", cfg.data.max_eval_examples))
+
+    # Local files are read now, so a bad file or row is reported before minutes of model loading;
+    # hub datasets once the Accelerator exists, the main process first (it downloads).
+    splits = read_splits() if cfg.data.source == "local" else None
 
     from accelerate.utils import set_seed
 
@@ -41,9 +45,10 @@ def run(cfg: RunConfig) -> dict:
     accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
     say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
 
-    with accelerator.main_process_first():
-        train_records, train_read = data.load_split(cfg.data, "train", cfg.data.max_train_examples)
-        val_records, val_read = data.load_split(cfg.data, "validation", cfg.data.max_eval_examples)
+    if splits is None:
+        with accelerator.main_process_first():
+            splits = read_splits()
+    (train_records, train_read), (val_records, val_read) = splits
     train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data)
     val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data)
     say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped")

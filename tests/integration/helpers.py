@@ -10,13 +10,10 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def launch(script: str, *args: str, processes: int = 2, config: str | None = None, launcher_args: tuple = (),
-           cwd: Path = REPO, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _launch_command(script: str, args: tuple, config: str, launcher_args: tuple, env: dict | None) -> tuple[list, dict]:
     """`accelerate launch` as a user runs it on CPU. For plain DDP, the config file plus
     ACCELERATE_USE_CPU=true is what forms one gloo group of several processes (DESIGN.md); a
     DeepSpeed config must run WITHOUT that variable, or Accelerate silently drops DeepSpeed."""
-    if config is None:
-        config = "cpu_2proc.yaml" if processes == 2 else "cpu_1proc.yaml"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
            *launcher_args, str(REPO / script), *args]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
@@ -24,6 +21,15 @@ def launch(script: str, *args: str, processes: int = 2, config: str | None = Non
         full_env.pop("ACCELERATE_USE_CPU", None)
     else:
         full_env["ACCELERATE_USE_CPU"] = "true"
+    return cmd, full_env
+
+
+def launch(script: str, *args: str, processes: int = 2, config: str | None = None, launcher_args: tuple = (),
+           cwd: Path = REPO, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``script`` under `accelerate launch` and wait for it (see _launch_command)."""
+    if config is None:
+        config = "cpu_2proc.yaml" if processes == 2 else "cpu_1proc.yaml"
+    cmd, full_env = _launch_command(script, args, config, launcher_args, env)
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -56,22 +62,17 @@ DEEPSPEED_ON_CPU = ("--num_processes", "2", "--mixed_precision", "no")
 
 
 def start(script: str, *args: str, pid_dir: Path, config: str, launcher_args: tuple = (),
-          env: dict | None = None) -> subprocess.Popen:
+          env: dict | None = None, quiet: bool = False) -> subprocess.Popen:
     """`accelerate launch` as launch() runs it, without waiting: output (stdout and stderr) in one
-    text pipe, the launcher in a session of its own, each worker's pid in ``pid_dir/rank-N.pid``
-    (SUMTUNE_PID_DIR; the elastic agent starts its workers in sessions of their own, so the pids
-    are what lets a test signal or clean up the workers themselves)."""
+    text pipe (discarded when ``quiet``: nobody reads it while the test waits), the launcher in a
+    session of its own, each worker's pid in ``pid_dir/rank-N.pid`` (SUMTUNE_PID_DIR; the elastic
+    agent starts its workers in sessions of their own, so the pids are what lets a test signal or
+    clean up the workers themselves). End it with stop()."""
     for old in pid_dir.glob("rank-*.pid"):  # a pid from an earlier launch is no worker of this one
         old.unlink()
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
-           *launcher_args, str(REPO / script), *args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-                "SUMTUNE_PID_DIR": str(pid_dir), **(env or {})}
-    if "deepspeed" in config:
-        full_env.pop("ACCELERATE_USE_CPU", None)
-    else:
-        full_env["ACCELERATE_USE_CPU"] = "true"
-    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cmd, full_env = _launch_command(script, args, config, launcher_args, {"SUMTUNE_PID_DIR": str(pid_dir), **(env or {})})
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=output, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 
@@ -98,3 +99,14 @@ def stop_workers(pid_dir: Path, wait_s: float = 10) -> list[int]:
     while any(_alive(p) for p in strays):
         time.sleep(0.01)
     return strays
+
+
+def stop(proc: subprocess.Popen, pid_dir: Path, wait_s: float = 5) -> list[int]:
+    """End a start()ed run whatever state it is in: SIGKILL the launcher's session if it still
+    runs, then stop_workers(). Returns the workers that outlived the launcher (strays)."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return stop_workers(pid_dir, wait_s=wait_s)

@@ -6,12 +6,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import BIN, DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_overrides, start, stop_workers
+from helpers import DEEPSPEED_ON_CPU, check, launch, read_jsonl, run_overrides, start, stop
 
 from sumtune import checkpoints
 
@@ -26,35 +25,19 @@ def overrides(demo, tmp: Path, name: str, accum: int, *extra: str) -> list[str]:
 
 
 def kill_when(args: list[str], config: str, marker: Path) -> None:
-    """Start a run and SIGKILL the launcher and every worker once ``marker`` exists. (The elastic
+    """Start a run and SIGKILL every worker once ``marker`` exists, then the launcher. (The elastic
     agent starts its workers in sessions of their own: killing the launcher's group alone leaves
     them training.)"""
     pid_dir = marker.parents[2] / "pids"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
-           "SUMTUNE_PID_DIR": str(pid_dir)}
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
-           str(REPO / "train/finetune.py"), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    workers = [int(p.read_text()) for p in pid_dir.glob("rank-*.pid")]
-    assert workers
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for pid in workers:  # gone, or a zombie waiting to be reaped
-        while True:
-            try:
-                if "zombie" in Path(f"/proc/{pid}/status").read_text().lower():
-                    break
-            except FileNotFoundError:
-                break
-            time.sleep(0.01)
+    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, quiet=True)
+    try:
+        wait_for(marker.exists, proc, "a checkpoint to kill at")
+        workers = [int(p.read_text()) for p in pid_dir.glob("rank-*.pid")]
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        stop(proc, pid_dir)
 
 
 def _weights(run: Path) -> dict:
@@ -103,19 +86,15 @@ def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, tmp_path):
     (what a requeued job runs) finishes the run with the uninterrupted run's weights."""
     pid_dir = tmp_path / "pids"
     args = overrides(demo, tmp_path, "pre", 1, "train.checkpoint_every=10", "train.keep_checkpoints=3")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
-           "SUMTUNE_PID_DIR": str(pid_dir)}
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
-           str(REPO / "train/finetune.py"), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config="cpu_2proc.yaml")
     log = tmp_path / "pre" / "train_log.jsonl"
-    deadline = time.time() + 300
-    while not (log.exists() and log.read_text().strip() and (pid_dir / "rank-0.pid").exists()):
-        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the signal"
-        time.sleep(0.02)
-    os.kill(int((pid_dir / "rank-1.pid").read_text()), signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=300)
+    try:
+        wait_for(lambda: log.exists() and log.read_text().strip() and (pid_dir / "rank-1.pid").exists(), proc,
+                 "the first logged step")
+        os.kill(int((pid_dir / "rank-1.pid").read_text()), signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        stop(proc, pid_dir)
     assert proc.returncode != 0  # the launcher reports the workers' exit 75 as a failure
     assert "a preemption signal (on another rank) received: checkpoint" in out and "exiting with 75" in out
     assert exit_codes(out)[0] == 75  # the first worker to exit (see exit_codes)
@@ -170,10 +149,7 @@ def run_into_fault(args: list[str], fault: str, pid_dir: Path, config: str = "cp
     try:
         out, _ = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        strays = stop_workers(pid_dir, wait_s=5)
+        strays = stop(proc, pid_dir)
     assert list(pid_dir.glob(f"fault-{kind}-{step}.rank*")), f"the fault {fault} never fired\n{out[-4000:]}"
     assert proc.returncode != 0, out[-4000:]
     assert strays == [], "workers outlived the launcher"
@@ -286,10 +262,7 @@ def test_a_second_signal_during_the_preemption_save_changes_nothing(demo, ddp_st
         (pids / "continue").touch()
         out, _ = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        strays = stop_workers(pids, wait_s=5)
+        strays = stop(proc, pids)
     assert strays == []
     first, codes = exit_codes(out)
     assert proc.returncode != 0 and first == EXIT_PREEMPTED and len(codes) == 2, out[-4000:]
