@@ -5,7 +5,8 @@ Each worker prints one JSON line (prefixed ``RESULT``) for ``bench/run.py``. Kin
 - ``sumtune``: sumtune's own training (``sumtune.finetune.run``, what train/finetune.py calls).
 - ``hf``: the same model, features, batch, learning rate and steps through
   ``transformers.Seq2SeqTrainer`` (its defaults, or ``train_sampling_strategy=group_by_length``).
-- ``generate``: length-sorted vs data-order generation batches, same model and dialogues.
+- ``generate``: the three generation strategies (data-order batches, length-sorted batches, the
+  refill decoder), same model and dialogues, in turns, several rounds.
 - ``rouge``: ROUGE scoring time for N pairs, one process vs a pool.
 
 Both training workers start from the same demo base model and the same tokenised features
@@ -16,6 +17,7 @@ the same function, so "same quality" is checked on data neither trained on.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -197,22 +199,40 @@ def run_generate(args: dict) -> dict:
     dialogues = [r["dialogue"] for r in records]
     encoder = data.PromptEncoder(tokenizer, cfg.data.template, cfg.data.max_source_length)
     accelerator = Accelerator(cpu=True)
+    # Decoder steps: forward calls with decoder input (the encoder runs through get_encoder).
+    steps = [0]
+    forward = type(model).forward
+
+    def counted(self, *a, **k):
+        steps[0] += k.get("decoder_input_ids") is not None
+        return forward(self, *a, **k)
+
+    type(model).forward = counted
     warm = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=8)
-    generation.generate(accelerator, model, tokenizer, encoder, dialogues[:8], warm, progress=False)
+    for strategy in generation.STRATEGIES:
+        generation.generate(accelerator, model, tokenizer, encoder, dialogues[:16], warm, progress=False, strategy=strategy)
     sizes = {}
     for size in args["gen_batches"]:
         gen = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=size)
+        runs: dict[str, list] = {s: [] for s in generation.STRATEGIES}
+        texts = {}
+        for round_ in range(args["repeats"]):
+            order = generation.STRATEGIES[round_ % 3:] + generation.STRATEGIES[: round_ % 3]
+            for strategy in order:
+                steps[0] = 0
+                start = time.perf_counter()
+                texts[strategy], _ = generation.generate(accelerator, model, tokenizer, encoder, dialogues, gen,
+                                                         progress=False, strategy=strategy)
+                runs[strategy].append({"seconds": time.perf_counter() - start, "decoder_steps": steps[0]})
         out = {}
-        for name, sort in (("unsorted", False), ("sorted", True)):
-            start = time.perf_counter()
-            texts, _ = generation.generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress=False, sort=sort)
-            seconds = time.perf_counter() - start
-            out[name] = {"seconds": round(seconds, 3), "summaries_per_s": round(len(texts) / seconds, 2), "texts": texts,
-                         "batches": len(generation.make_batches([len(encoder.encode_prompt(d)[0]) for d in dialogues],
-                                                                size, sort))}
-        out["identical_summaries"] = sum(a == b for a, b in zip(out["sorted"].pop("texts"), out["unsorted"].pop("texts")))
+        for strategy, rounds in runs.items():
+            seconds = statistics.median(r["seconds"] for r in rounds)
+            out[strategy] = {"seconds": round(seconds, 3), "summaries_per_s": round(len(dialogues) / seconds, 2),
+                             "rounds_s": [round(r["seconds"], 3) for r in rounds],
+                             "decoder_steps": rounds[-1]["decoder_steps"],
+                             "identical_to_data_order": sum(a == b for a, b in zip(texts[strategy], texts["data-order"]))}
         sizes[str(size)] = out
-    return {"dialogues": len(dialogues), "by_batch_size": sizes}
+    return {"dialogues": len(dialogues), "rounds": args["repeats"], "by_batch_size": sizes}
 
 
 def run_rouge(args: dict) -> dict:

@@ -122,6 +122,14 @@ def test_inference_cli_gives_the_evaluation_summaries(evaluated, rouge_run, demo
     evaluation = read_jsonl(evaluated / "lora" / "predictions.jsonl")
     assert [r["id"] for r in cli] == [r["id"] for r in evaluation]
     assert [r["summary"] for r in cli] == [r["prediction"] for r in evaluation]
+    # model.generate over length-sorted batches, in one process, gives what the refill decoder gave in two
+    sorted_out = tmp_path / "sorted.jsonl"
+    proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
+                           "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(sorted_out),
+                           "data.max_source_length=160", "generation.refill=false"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["summary"] for r in read_jsonl(sorted_out)] == [r["prediction"] for r in evaluation]
     # one dialogue on stdin
     first = evaluation[0]
     one = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run), "data.max_source_length=160"],
