@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from sumtune.config import GenerationConfig
-from sumtune.data import PromptEncoder
+from sumtune.data import PadCollator, PromptEncoder
 
 
 def _zero3() -> bool:
@@ -212,6 +212,7 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
     start = settings.decoder_start_token_id
     budget = batch_size * max(1, len(prompts[0])) if prompts else 0
     most = MAX_GROWTH * batch_size
+    collate = PadCollator(pad_id)
     done: list[list[int]] = [[] for _ in prompts]
     rows: _Rows | None = None
     waiting = 0  # prompts[waiting:] have not started
@@ -220,13 +221,8 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
         """Encode prompts[first:last] and fill their cross-attention cache (each decoder layer's
         keys and values of the prompt, as T5's attention computes them on its first step); their
         first decoder step is the next step of all rows."""
-        width = max(len(prompts[i]) for i in range(first, last))
-        ids = torch.full((last - first, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((last - first, width), dtype=torch.long)
-        for row, i in enumerate(range(first, last)):
-            ids[row, : len(prompts[i])] = torch.tensor(prompts[i])
-            mask[row, : len(prompts[i])] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        padded = collate([{"input_ids": ids} for ids in prompts[first:last]])
+        ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
         hidden = net.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         cross = DynamicCache(config=net.config)
         for index, block in enumerate(net.get_decoder().block):
@@ -324,6 +320,7 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
         mine = list(zip(order, (t.strip() for t in texts)))
     else:
+        collate = PadCollator(pad)
         every = make_batches(lengths, gen.batch_size, sort=strategy != "data-order")
         batches = every[rank::world]
         if lockstep:
@@ -332,15 +329,10 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
         for batch in tqdm(batches, disable=not show, desc="generate", leave=False):
             dummy = batch is None
             batch = [0] if dummy else batch
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : lengths[i]] = torch.tensor(inputs[i])
-                mask[row, : lengths[i]] = 1
+            padded = collate([{"input_ids": inputs[i]} for i in batch])
             out = model.generate(
-                input_ids=ids.to(accelerator.device),
-                attention_mask=mask.to(accelerator.device),
+                input_ids=padded["input_ids"].to(accelerator.device),
+                attention_mask=padded["attention_mask"].to(accelerator.device),
                 num_beams=gen.num_beams,
                 max_new_tokens=gen.max_new_tokens,
                 do_sample=False,

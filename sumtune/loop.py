@@ -168,10 +168,15 @@ class Meter:
         finally:
             self.paused += time.perf_counter() - start
 
+    def _mine(self) -> torch.Tensor:
+        """[loss sum, batches, real tokens, samples, positions, seconds] of this rank's window so far."""
+        seconds = time.perf_counter() - self.started - self.paused
+        return torch.cat([self.sums.cpu(), torch.tensor([self.samples, self.positions, seconds], dtype=torch.float64)])
+
     def _close(self) -> torch.Tensor:
-        """[loss sum, batches, real tokens, samples, positions, seconds] of this rank's window."""
-        seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
-        mine = torch.cat([self.sums.cpu(), torch.tensor([self.samples, self.positions, seconds], dtype=torch.float64)])
+        """This rank's window (``_mine``), added to the run's totals; the next window starts."""
+        mine = self._mine()
+        mine[5] = max(mine[5].item(), 1e-9)
         self.totals += mine[[2, 4, 3, 5]]
         self.sums.zero_()
         self.samples = self.positions = 0
@@ -181,9 +186,7 @@ class Meter:
     def carry(self) -> list[float]:
         """This logging window so far, summed over ranks (a collective), for a checkpoint: a run
         resumed between two logging steps then logs the same average as an uninterrupted one."""
-        seconds = time.perf_counter() - self.started - self.paused
-        mine = torch.cat([self.sums.cpu(), torch.tensor([self.samples, self.positions, seconds], dtype=torch.float64)])
-        carried = self.acc.reduce(mine.to(self.acc.device), reduction="sum").cpu().tolist()
+        carried = self.acc.reduce(self._mine().to(self.acc.device), reduction="sum").cpu().tolist()
         return carried[:5] + [carried[5] / self.acc.num_processes]
 
     def restore(self, carried: list[float]) -> None:
