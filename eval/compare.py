@@ -9,7 +9,7 @@ intervals), gain_pp.csv and report.md to --out, and the tables to W&B (offline w
 
 from pathlib import Path
 
-from sumtune.cli import config_parser, run_main
+from sumtune.cli import config_parser, parse, run_main
 from sumtune.config import load_config
 from sumtune.evaluation import run_compare
 
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="candidate the gains are measured against (default: the first)")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
+    args = parse(parser)
     run_compare(load_config(args.config, args.overrides), args.results, args.out, args.baseline, args.overwrite)
 
 

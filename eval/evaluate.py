@@ -12,7 +12,7 @@ The first candidate is the baseline of the gain table. Score predictions made el
 
 from pathlib import Path
 
-from sumtune.cli import config_parser, run_main
+from sumtune.cli import config_parser, parse, run_main
 from sumtune.config import load_config
 from sumtune.evaluation import run, run_score_only
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="results folder (default: outputs/eval)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     parser.add_argument("--score-only", type=Path, metavar="FILE.jsonl", help="score existing predictions")
-    args = parser.parse_args()
+    args = parse(parser)
     if args.score_only:
         run_score_only(args.score_only, args.out, args.overwrite)
         return

@@ -11,7 +11,7 @@ with (its sumtune_config.yaml); dotted overrides change them (generation.num_bea
 import sys
 from pathlib import Path
 
-from sumtune.cli import config_parser, run_main
+from sumtune.cli import config_parser, parse, run_main
 from sumtune.inference import summarize_file, summarize_texts, summarizer_config
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--column", default="dialogue", help="the dialogue field in --jsonl (default: dialogue)")
     parser.add_argument("--out", type=Path, help="where --jsonl summaries go (jsonl: id, summary)")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
+    args = parse(parser)
     cfg = summarizer_config(args.model, args.config, args.overrides)
     if args.jsonl:
         summarize_file(cfg, args.model, args.jsonl, args.out, args.column, args.overwrite)

@@ -2,7 +2,7 @@
 
 The signal must reach the training processes themselves: `accelerate launch` (torch's elastic
 agent) dies on SIGUSR1 without telling its workers, and kills them ~30 s after forwarding SIGTERM
-(DESIGN.md). So each worker writes its pid to ``$SUMTUNE_PID_DIR`` (the sbatch scripts set it)
+(docs/ARCHITECTURE.md). So each worker writes its pid to ``$SUMTUNE_PID_DIR`` (the sbatch scripts set it)
 for the batch shell to signal, and SLURM's own SIGTERM reaches the workers directly.
 """
 

@@ -7,13 +7,13 @@ On CPU (the demo): ACCELERATE_USE_CPU=true accelerate launch \
     --config_file configs/accelerate/cpu_2proc.yaml train/finetune.py --config configs/train/demo_lora.yaml
 """
 
-from sumtune.cli import config_parser, run_main
+from sumtune.cli import config_parser, parse, run_main
 from sumtune.config import load_config
 from sumtune.finetune import run
 
 
 def main() -> None:
-    args = config_parser(__doc__.splitlines()[0]).parse_args()
+    args = parse(config_parser(__doc__.splitlines()[0]))
     run(load_config(args.config, args.overrides))
 
 

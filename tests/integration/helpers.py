@@ -12,7 +12,7 @@ BIN = Path(sys.executable).parent
 
 def _launch_command(script: str, args: tuple, config: str, launcher_args: tuple, env: dict | None) -> tuple[list, dict]:
     """`accelerate launch` as a user runs it on CPU. For plain DDP, the config file plus
-    ACCELERATE_USE_CPU=true is what forms one gloo group of several processes (DESIGN.md); a
+    ACCELERATE_USE_CPU=true is what forms one gloo group of several processes (docs/ARCHITECTURE.md); a
     DeepSpeed config must run WITHOUT that variable, or Accelerate silently drops DeepSpeed."""
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
            *launcher_args, str(REPO / script), *args]
@@ -57,7 +57,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-# Launcher arguments for a DeepSpeed config on CPU: two processes, fp32 (DESIGN.md).
+# Launcher arguments for a DeepSpeed config on CPU: two processes, fp32 (docs/ARCHITECTURE.md).
 DEEPSPEED_ON_CPU = ("--num_processes", "2", "--mixed_precision", "no")
 
 

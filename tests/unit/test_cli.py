@@ -97,3 +97,131 @@ def test_a_finished_run_is_refused_and_left_as_it_was(tmp_path):
     assert one_error_line(proc) == (f"sumtune: error: {run_dir} already holds a finished run; choose another run_name "
                                     "or set overwrite=true")
     assert all((run_dir / name).read_text() == name for name in ("metrics.json", "sumtune_config.yaml", "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- dotted overrides anywhere
+
+def load_script(script):
+    """An entry script as a module, so that its main() can run with the work it calls replaced."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main_of(script, argv, monkeypatch, **replace):
+    """Run ``script``'s main() with ``argv``; each name in ``replace`` records its call's arguments."""
+    module = load_script(script)
+    calls = {}
+    for name in replace:
+        monkeypatch.setattr(module, name, lambda *a, _name=name: calls.setdefault(_name, a))
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    module.main()
+    return calls
+
+
+def test_the_failing_command_line_of_the_issue_now_parses(monkeypatch, tmp_path):
+    # --config C A=1 --out D --candidate x=y B=2: argparse used to stop at B=2.
+    calls = run_main_of("eval/evaluate.py", ["--config", "configs/train/demo_lora.yaml", "train.seed=7", "--out",
+                                             str(tmp_path), "--candidate", "x=y", "generation.max_new_tokens=33"],
+                        monkeypatch, run={})
+    cfg, candidates, out, overwrite = calls["run"]
+    assert (cfg.train.seed, cfg.generation.max_new_tokens) == (7, 33)
+    assert cfg.run_name == "demo-lora"  # the YAML is read too
+    assert (candidates, out, overwrite) == (["x=y"], tmp_path, False)
+
+
+def test_evaluate_takes_overrides_before_between_and_after_flags(monkeypatch, tmp_path):
+    calls = run_main_of("eval/evaluate.py", ["train.seed=3", "--candidate", "a=b", "data.max_source_length=200",
+                                             "--overwrite", "generation.batch_size=5", "--candidate", "c=d",
+                                             "--out", str(tmp_path), "generation.max_new_tokens=9"],
+                        monkeypatch, run={})
+    cfg, candidates, out, overwrite = calls["run"]
+    assert (cfg.train.seed, cfg.data.max_source_length, cfg.generation.batch_size,
+            cfg.generation.max_new_tokens) == (3, 200, 5, 9)
+    assert (candidates, out, overwrite) == (["a=b", "c=d"], tmp_path, True)
+
+
+def test_the_last_value_of_a_key_wins_wherever_it_stands(monkeypatch, tmp_path):
+    calls = run_main_of("eval/evaluate.py", ["train.seed=1", "--candidate", "a=b", "train.seed=2", "--out",
+                                             str(tmp_path), "train.seed=3"], monkeypatch, run={})
+    assert calls["run"][0].train.seed == 3
+
+
+def test_summarize_takes_overrides_before_between_and_after_flags(monkeypatch, tmp_path):
+    dialogue = tmp_path / "dialogue.txt"
+    dialogue.write_text("A: hi\nB: hello", encoding="utf-8")
+    calls = run_main_of("eval/summarize.py", ["generation.num_beams=4", "--model", str(tmp_path),
+                                              "data.max_source_length=128", "--input", str(dialogue),
+                                              "generation.max_new_tokens=20"],
+                        monkeypatch, summarize_texts={}, summarize_file={})
+    monkeypatch.undo()
+    cfg, model, texts = calls["summarize_texts"]
+    assert (cfg.generation.num_beams, cfg.data.max_source_length, cfg.generation.max_new_tokens) == (4, 128, 20)
+    assert (model, texts) == (str(tmp_path), ["A: hi\nB: hello"])
+    assert "summarize_file" not in calls
+
+
+def test_summarize_jsonl_with_overrides_around_the_flags(monkeypatch, tmp_path):
+    calls = run_main_of("eval/summarize.py", ["--jsonl", "in.jsonl", "generation.batch_size=3", "--model",
+                                              str(tmp_path), "--out", "o.jsonl", "--overwrite", "generation.refill=false"],
+                        monkeypatch, summarize_texts={}, summarize_file={})
+    cfg, model, jsonl, out, column, overwrite = calls["summarize_file"]
+    assert (cfg.generation.batch_size, cfg.generation.refill) == (3, False)
+    assert (model, jsonl, out, column, overwrite) == (str(tmp_path), Path("in.jsonl"), Path("o.jsonl"), "dialogue", True)
+
+
+def test_compare_takes_an_override_written_after_the_result_folders(monkeypatch, tmp_path):
+    calls = run_main_of("eval/compare.py", ["train.seed=4", "--results", "r1", "r2", "tracker.backend=none",
+                                            "--baseline", "base", "train.seed=5"], monkeypatch, run_compare={})
+    cfg, results, out, baseline, overwrite = calls["run_compare"]
+    assert (cfg.train.seed, cfg.tracker.backend) == (5, "none")
+    assert (results, baseline) == ([Path("r1"), Path("r2")], "base")
+
+
+def test_train_takes_overrides_around_config(monkeypatch):
+    calls = run_main_of("train/finetune.py", ["train.lr=1e-4", "--config", "configs/train/demo_full.yaml",
+                                              "train.max_steps=3"], monkeypatch, run={})
+    (cfg,) = calls["run"]
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.model.method) == (1e-4, 3, "full")
+
+
+@pytest.mark.parametrize("where", ["before", "between", "after"])
+def test_evaluate_script_checks_an_override_wherever_it_stands(where, tmp_path):
+    # As a user runs it: the bad value is found by the config, not refused by argparse.
+    args = {"before": ["train.lr=0", "--out", str(tmp_path / "e"), "--candidate", "x=y", "train.seed=2"],
+            "between": ["train.seed=2", "--out", str(tmp_path / "e"), "train.lr=0", "--candidate", "x=y"],
+            "after": ["--config", "configs/train/demo_lora.yaml", "train.seed=2", "--out", str(tmp_path / "e"),
+                      "--candidate", "x=y", "train.lr=0"]}[where]
+    assert "config key 'train.lr': must be > 0" in one_error_line(run("eval/evaluate.py", *args))
+
+
+@pytest.mark.parametrize("args", [["generation.num_beams=0", "--model", "M", "--input", "D"],
+                                  ["--model", "M", "generation.num_beams=0", "--input", "D"],
+                                  ["--model", "M", "--input", "D", "generation.num_beams=0"]])
+def test_summarize_script_checks_an_override_wherever_it_stands(args, tmp_path):
+    args = [str(tmp_path) if a == "M" else str(tmp_path / "d.txt") if a == "D" else a for a in args]
+    assert "generation.num_beams" in one_error_line(run("eval/summarize.py", *args))
+
+
+@pytest.mark.parametrize("script, args", [
+    ("eval/evaluate.py", ["--out", "E", "stray", "--candidate", "x=y"]),
+    ("eval/summarize.py", ["--model", "M", "stray", "generation.num_beams=2"]),
+    ("eval/compare.py", ["train.seed=1", "--results", "E", "--overwrite", "stray"]),
+    ("train/finetune.py", ["train.seed=1", "stray"]),
+])
+def test_a_token_that_is_neither_a_flag_value_nor_an_override_fails_in_one_line(script, args, tmp_path):
+    args = [str(tmp_path / a) if a in ("E", "M") else a for a in args]
+    assert one_error_line(run(script, *args)) == (
+        "sumtune: error: unexpected argument 'stray': it is not the value of any flag, nor a dotted override "
+        "KEY=VALUE (e.g. train.lr=3e-4); see --help")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unknown_flag_still_gets_argparse_usage_and_error(tmp_path):
+    proc = run("eval/evaluate.py", "train.seed=1", "--out", str(tmp_path), "--candidates", "x=y", "train.seed=2")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: evaluate.py")
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("evaluate.py: error: unrecognized arguments: --candidates")
