@@ -97,14 +97,16 @@ def heldout_loss(model, features: list[dict], collate, batch_size: int = 32) -> 
     from sumtune.loop import validation_loss
 
     batches = (collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size))
-    return validation_loss(Accelerator(cpu=True), model, batches)
+    from sumtune import families
+
+    return validation_loss(Accelerator(cpu=True), model, batches, families.of_model(model))
 
 
 def features(cfg, tokenizer, split: str):
-    from sumtune import data
+    from sumtune import data, models
 
     records, _ = data.load_split(cfg.data, split)
-    return data.encode_records(records, tokenizer, cfg.data)[0]
+    return data.encode_records(records, tokenizer, cfg.data, models.model_family(cfg.model.name_or_path, cfg.model))[0]
 
 
 def tail_loss(losses: list[float]) -> float:
@@ -197,7 +199,7 @@ def run_generate(args: dict) -> dict:
     model = models.load_model(args["model"])
     records, _ = data.load_split(cfg.data, "validation")
     dialogues = [r["dialogue"] for r in records]
-    encoder = data.PromptEncoder(tokenizer, cfg.data.template, cfg.data.max_source_length)
+    encoder = data.prompt_encoder(models.model_family(args["model"]), tokenizer, cfg.data)
     accelerator = Accelerator(cpu=True)
     # Decoder steps: forward calls with decoder input (the encoder runs through get_encoder).
     steps = [0]

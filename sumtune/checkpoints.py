@@ -205,7 +205,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 # Keys added to the run config after checkpoints were first written, with the value that gives the
 # behaviour of the versions without them (group_size: any value, batches were not grouped).
-KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 256, "model.trust_remote_code": False}
+KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 256, "model.trust_remote_code": False,
+                    "model.family": "auto", "data.chat_template": "auto"}
 
 
 def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:

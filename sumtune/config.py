@@ -28,13 +28,16 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    # "all-linear" is PEFT's shortcut for every linear layer except the output head.
-    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+    # ["auto"]: the model family's default (T5: q, k, v, o, wi_0, wi_1, wo; every other model:
+    # "all-linear", PEFT's shortcut for every linear layer except the output head), or module names.
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
 
 
 @dataclass
 class ModelConfig:
     name_or_path: str = "google/flan-t5-base"
+    # "auto": read from the model's config.json (encoder-decoder -> seq2seq, decoder-only -> causal).
+    family: Literal["auto", "seq2seq", "causal"] = "auto"
     method: Literal["full", "lora"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     # Load the frozen base in 8 or 4 bits (bitsandbytes) under LoRA; not with DeepSpeed ZeRO-3.
@@ -64,6 +67,9 @@ class DataConfig:
     )
     # A literal template with {dialogue}, or a name from sumtune.prompts.TEMPLATES.
     template: str = "seed"
+    # Decoder-only models: "auto" wraps the instruction in the tokenizer's chat template when it has
+    # one (the assistant's turn holds the summary); "never" always uses the plain template.
+    chat_template: Literal["auto", "never"] = "auto"
     max_source_length: int = 512
     max_target_length: int = 128
     # What to do with a row whose dialogue or summary is empty, null or not text.
@@ -120,6 +126,11 @@ class GenerationConfig:
     # prompt at once, instead of idling until the longest summary of its batch is done (same
     # summaries as transformers' generate). false: generate over length-sorted batches.
     refill: bool = True
+    # Sampling instead of greedy/beam search (off for evaluation; the RL recipe samples).
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
 
 
 @dataclass
@@ -450,3 +461,6 @@ def validate(cfg: RunConfig) -> None:
     _require(g.num_beams >= 1, "generation.num_beams", f"must be >= 1, got {g.num_beams}")
     _require(g.max_new_tokens >= 1, "generation.max_new_tokens", f"must be >= 1, got {g.max_new_tokens}")
     _require(g.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {g.batch_size}")
+    _require(g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}")
+    _require(g.top_k >= 0, "generation.top_k", f"must be >= 0 (0: off), got {g.top_k}")
+    _require(0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}")

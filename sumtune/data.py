@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sumtune.config import DataConfig
 from sumtune.errors import DataError
-from sumtune.prompts import format_prompt, split_template
+from sumtune.prompts import format_prompt, resolve_template, split_template
 
 HUB_IDS = {"samsum": "knkarthick/samsum", "dialogsum": "knkarthick/dialogsum"}
 LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -206,37 +206,47 @@ class PromptEncoder:
     """Turns dialogues into token ids through the instruction template, optionally after a few
     solved examples ("shots": dicts with dialogue and summary).
 
-    When a prompt is too long, the dialogue is cut, never the instruction around it, and an
-    end-of-sequence token closes the input as in training. Shots come first and never push the
-    dialogue out: a shot that does not fit in what is left is dropped whole, and counted.
+    The ``frame`` (from the model family) says what wraps the prompt: T5's closing EOS, a
+    decoder-only model's BOS, a chat template rendered around the instruction. Without one, the
+    prompt is wrapped as the tokenizer wraps any text. When a prompt is too long, the dialogue is
+    cut, never the instruction around it nor the wrapping. Shots come first (after a BOS) and never
+    push the dialogue out: a shot that does not fit in what is left is dropped whole, and counted.
     """
 
-    def __init__(self, tokenizer, template: str, max_source_length: int, shots: list[dict] | tuple = ()):
+    def __init__(self, tokenizer, template: str, max_source_length: int, shots: list[dict] | tuple = (),
+                 frame=None):
+        from sumtune.families.base import PromptFrame, wrapping
+
         self.tok = tokenizer
         self.max_len = max_source_length
-        prefix, suffix = split_template(template)
+        if frame is None:
+            frame = PromptFrame(resolve_template(template), *wrapping(tokenizer))
+        self.frame = frame
+        self.template = frame.template
+        prefix, suffix = split_template(self.template)
         self.prefix_ids = self._ids(prefix)
         self.suffix_ids = self._ids(suffix)
-        self.template = template
-        room = max_source_length - len(self.prefix_ids) - len(self.suffix_ids) - 1
+        self.lead, self.tail = list(frame.lead), list(frame.tail)
+        fixed = len(self.lead) + len(self.prefix_ids) + len(self.suffix_ids) + len(self.tail)
+        room = max_source_length - fixed
         if room < 8:
             raise DataError(
-                f"the prompt template alone takes {max_source_length - room - 1} tokens; "
+                f"the prompt template alone takes {fixed} tokens; "
                 f"raise data.max_source_length (now {max_source_length})"
             )
         self.room = room
-        self.shot_ids = [self._ids(format_prompt(template, s["dialogue"]) + s["summary"] + "\n\n") for s in shots]
+        self.shot_ids = [self._ids(format_prompt(self.template, s["dialogue"]) + s["summary"] + "\n\n") for s in shots]
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def encode(self, dialogue: str) -> tuple[list[int], bool]:
         """(ids, whether the dialogue was cut)."""
-        full = self.tok(format_prompt(self.template, dialogue))["input_ids"]
+        full = self.lead + self._ids(format_prompt(self.template, dialogue)) + self.tail
         if len(full) <= self.max_len:
             return full, False
         body = self._ids(dialogue)[: self.room]
-        return self.prefix_ids + body + self.suffix_ids + [self.tok.eos_token_id], True
+        return self.lead + self.prefix_ids + body + self.suffix_ids + self.tail, True
 
     def encode_prompt(self, dialogue: str) -> tuple[list[int], bool, int]:
         """(ids, whether the dialogue was cut, how many shots were dropped)."""
@@ -250,26 +260,28 @@ class PromptEncoder:
                 room -= len(shot)
             else:
                 dropped += 1
-        return used + target, cut, dropped
+        lead = len(self.lead)
+        return target[:lead] + used + target[lead:], cut, dropped
 
 
-def encode_targets(tokenizer, summary: str, max_target_length: int) -> tuple[list[int], bool]:
-    ids = tokenizer(summary)["input_ids"]
-    if len(ids) <= max_target_length:
-        return ids, False
-    return ids[: max_target_length - 1] + [tokenizer.eos_token_id], True
+def prompt_encoder(family, tokenizer, cfg: DataConfig, template: str | None = None, shots: list[dict] | tuple = ()):
+    """The PromptEncoder a model family uses for the config's template (or ``template``)."""
+    template = template or cfg.template
+    return PromptEncoder(tokenizer, template, cfg.max_source_length, shots=shots,
+                         frame=family.frame(tokenizer, template, cfg.chat_template))
 
 
-def encode_records(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[list[dict], EncodeStats]:
-    enc = PromptEncoder(tokenizer, cfg.template, cfg.max_source_length)
+def encode_records(records: list[dict], tokenizer, cfg: DataConfig, family) -> tuple[list[dict], EncodeStats]:
+    """Training features (the family decides their shape) and what truncation cut."""
+    enc = prompt_encoder(family, tokenizer, cfg)
     stats = EncodeStats(examples=len(records))
     features = []
     for rec in records:
         src, cut_src = enc.encode(rec["dialogue"])
-        tgt, cut_tgt = encode_targets(tokenizer, rec["summary"], cfg.max_target_length)
+        tgt, cut_tgt = family.target_ids(tokenizer, rec["summary"], cfg.max_target_length)
         stats.truncated_source += cut_src
         stats.truncated_target += cut_tgt
-        features.append({"input_ids": src, "labels": tgt})
+        features.append(family.example(src, tgt))
     return features, stats
 
 
@@ -279,8 +291,9 @@ class PadCollator:
     padding goes through ``pad_sequence`` in C++, which is several times cheaper per batch
     than ``DataCollatorForSeq2Seq``'s Python padding."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, side: str = "right"):
         self.pad_id = pad_token_id
+        self.side = side  # "left" for decoder-only prompts to generate from
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -288,10 +301,15 @@ class PadCollator:
 
         inputs = [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features]
         lengths = torch.tensor([len(x) for x in inputs])
-        input_ids = pad_sequence(inputs, batch_first=True, padding_value=self.pad_id)
+        if self.side == "left":
+            input_ids = pad_sequence([x.flip(0) for x in inputs], batch_first=True, padding_value=self.pad_id).flip(1)
+            positions = torch.arange(input_ids.shape[1] - 1, -1, -1)
+        else:
+            input_ids = pad_sequence(inputs, batch_first=True, padding_value=self.pad_id)
+            positions = torch.arange(input_ids.shape[1])
         batch = {
             "input_ids": input_ids,
-            "attention_mask": (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long(),
+            "attention_mask": (positions[None, :] < lengths[:, None]).long(),
         }
         if "labels" in features[0]:
             labels = [torch.as_tensor(f["labels"], dtype=torch.long) for f in features]
@@ -300,7 +318,8 @@ class PadCollator:
 
 
 def make_collator(tokenizer) -> PadCollator:
-    """Dynamic padding per batch; label padding is -100 so the loss ignores it."""
+    """Dynamic padding per batch (on the right, as training wants for every family); label
+    padding is -100 so the loss ignores it."""
     return PadCollator(tokenizer.pad_token_id)
 
 
@@ -339,7 +358,8 @@ class LengthGroupedBatches:
         pool = bs * self.group_size
         full, short = [], []
         for start in range(0, n, pool):
-            ranked = sorted(perm[start:start + pool], key=lambda i: self.lengths[i], reverse=True)
+            members = perm[start:start + pool]
+            ranked = [members[k] for k in longest_first([self.lengths[i] for i in members])]
             for j in range(0, len(ranked), bs):
                 (full if len(ranked[j:j + bs]) == bs else short).append(ranked[j:j + bs])
         order = [full[i] for i in torch.randperm(len(full), generator=self.generator).tolist()]
@@ -349,8 +369,21 @@ class LengthGroupedBatches:
         return iter(order + short)
 
 
-def example_lengths(features: list[dict]) -> list[tuple[int, int]]:
-    return [(len(f["input_ids"]), len(f["labels"])) for f in features]
+def example_lengths(features: list[dict], family) -> list[tuple[int, int]]:
+    """(source, target) lengths of each feature as its family counts them (a decoder-only
+    feature is one sequence: (length, 0)); a batch is padded to their maxima."""
+    return [family.lengths(f) for f in features]
+
+
+def longest_first(lengths: list) -> list[int]:
+    """Indices ordered longest first (lengths are ints, or (source, target) tuples compared source
+    first), ties in index order: the one ordering every length-sorted pass uses (length-grouped
+    pools, validation batches, generation batches and shards)."""
+    return sorted(range(len(lengths)), key=lambda i: (_descending(lengths[i]), i))
+
+
+def _descending(length) -> tuple:
+    return tuple(-x for x in length) if isinstance(length, tuple) else (-length,)
 
 
 def real_token_share(batches, lengths: list[tuple[int, int]]) -> float:
@@ -365,13 +398,13 @@ def real_token_share(batches, lengths: list[tuple[int, int]]) -> float:
     return real / max(padded, 1)
 
 
-def train_loader(features: list[dict], cfg, collate, generator):
-    """The training DataLoader: length-grouped batches (``cfg.group_by_length``) or plain
-    shuffled ones, both drawn from ``generator``."""
+def train_loader(features: list[dict], lengths: list[tuple[int, int]], cfg, collate, generator):
+    """The training DataLoader: length-grouped batches (``cfg.group_by_length``; ``lengths`` from
+    ``example_lengths``) or plain shuffled ones, both drawn from ``generator``."""
     import torch
 
     if cfg.group_by_length:
-        sampler = LengthGroupedBatches(example_lengths(features), cfg.per_device_batch_size, generator, cfg.group_size)
+        sampler = LengthGroupedBatches(lengths, cfg.per_device_batch_size, generator, cfg.group_size)
         # A generator of its own: without one, every pass over the DataLoader draws its base seed
         # from the global RNG, which resume restores, so a resumed run would draw different
         # dropout masks from then on.
@@ -381,23 +414,22 @@ def train_loader(features: list[dict], cfg, collate, generator):
                                        collate_fn=collate, generator=generator)
 
 
-def validation_loader(features: list[dict], cfg, collate, num_processes: int):
+def validation_loader(features: list[dict], lengths: list[tuple[int, int]], cfg, collate, num_processes: int):
     """Batches for the validation loss: the first ``cfg.eval_max_batches`` rounds' worth of
     examples in file order (or all), sorted longest first, so that similar lengths share a batch
     and memory trouble shows at once. The token-weighted loss does not depend on the order."""
     import torch
 
     cap = cfg.eval_max_batches * cfg.per_device_batch_size * num_processes
-    chosen = features[:cap] if cap else features
-    ordered = sorted(chosen, key=lambda f: (len(f["input_ids"]), len(f["labels"])), reverse=True)
+    chosen = len(features[:cap] if cap else features)
+    ordered = [features[i] for i in longest_first(lengths[:chosen])]
     return torch.utils.data.DataLoader(ordered, batch_size=cfg.per_device_batch_size, collate_fn=collate)
 
 
-def batching_report(features: list[dict], cfg, seed: int) -> str:
+def batching_report(lengths: list[tuple[int, int]], cfg, seed: int) -> str:
     """What padding the first epoch's batches cost, grouped vs random, for the start-up log."""
     import torch
 
-    lengths = example_lengths(features)
     bs = cfg.per_device_batch_size
     perm = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
     random_share = real_token_share([perm[i:i + bs] for i in range(0, len(perm), bs)], lengths)

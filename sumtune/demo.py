@@ -1,10 +1,12 @@
-"""The offline demo: synthetic dialogues, a tokenizer trained on them and a tiny pretrained T5.
+"""The offline demo: synthetic dialogues, a tokenizer trained on them, a tiny pretrained T5 and a
+tiny pretrained decoder-only (Llama-style) model.
 
-    python -m sumtune.demo --out demo            # builds demo/data and demo/model (cached)
+    python -m sumtune.demo --out demo     # builds demo/data, demo/model (T5), demo/causal (cached)
 
-The base model gets a short denoising pre-training (text infilling) on the TRAIN split's text only (dialogues
-and, as separate documents, summaries): like FLAN-T5 it knows the language of the domain, but it
-has never been shown a dialogue next to its summary. Nothing here touches a hub.
+Both base models are pre-trained briefly on the TRAIN split's text only (dialogues and, as separate
+documents, summaries): the T5 by denoising (text infilling), the decoder-only model by next-token
+prediction. Like FLAN-T5 or a base LLM they know the language of the domain, but neither has been
+shown a dialogue next to its summary. Nothing here touches a hub.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from sumtune.demo_corpus import SPLIT_SIZES, write_corpus
 from sumtune.errors import SumtuneError
 
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 SENTINELS = 16
 WINDOW = 128  # tokens of a document seen per pre-training example
 
@@ -101,24 +103,62 @@ def text_infill(ids: list[int], rng: random.Random, mask_id: int, eos: int,
     return {"input_ids": inputs + [eos], "labels": ids + [eos]}
 
 
-def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir: Path) -> dict:
-    """The denoising pre-training runs through THE training loop, like any fine-tuning."""
-    from accelerate import Accelerator
+def _causal_tokenizer(model_dir: Path):
+    """The demo tokenizer for the decoder-only model: the same pieces, plus a BOS token that opens
+    every text (as Llama's tokenizer does); no EOS is added to a text (the loss appends it)."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
 
-    from sumtune import data, loop, tracking
-    from sumtune.config import TrainConfig
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.bos_token_id)])
+    return tok
 
-    rng = random.Random(seed)
-    mask_id = tokenizer.convert_tokens_to_ids("<extra_id_0>")
-    feats = []
+
+def _tiny_causal(tokenizer, seed: int):
+    """A Llama-shaped decoder (RoPE, RMSNorm, SwiGLU, grouped-query attention) of about 2M parameters."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, attention_dropout=0.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _windows(tokenizer, texts: list[str], rng: random.Random):
+    """Token ids of each text, a random window of WINDOW tokens of the long ones (short batches).
+    A generator: the caller's own draws from ``rng`` interleave with these, text by text."""
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > WINDOW:  # a random window keeps batches short
+        if len(ids) > WINDOW:
             start = rng.randrange(len(ids) - WINDOW)
             ids = ids[start:start + WINDOW]
         if len(ids) >= 4:
-            feats.append(text_infill(ids, rng, mask_id, tokenizer.eos_token_id))
-    cfg = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=min(30, steps // 10), max_steps=steps,
+            yield ids
+
+
+def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir: Path, name: str = "pretrain",
+              lr: float = 2e-3) -> dict:
+    """Pre-training runs through THE training loop, like any fine-tuning: denoising (text infilling)
+    for the T5, next-token prediction after a BOS for the decoder-only model; each document alone."""
+    from accelerate import Accelerator
+
+    from sumtune import data, families, loop, tracking
+    from sumtune.config import TrainConfig
+
+    rng = random.Random(seed)
+    family = families.of_model(model)
+    if family.name == "seq2seq":
+        mask_id = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+        feats = [text_infill(ids, rng, mask_id, tokenizer.eos_token_id) for ids in _windows(tokenizer, texts, rng)]
+    else:
+        feats = [family.example([tokenizer.bos_token_id], ids + [tokenizer.eos_token_id])
+                 for ids in _windows(tokenizer, texts, rng)]
+    cfg = TrainConfig(lr=lr, weight_decay=0.01, warmup_steps=min(30, steps // 10), max_steps=steps,
                       per_device_batch_size=32, log_every=max(1, steps // 10), seed=seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     plan = loop.plan_steps(len(feats), 1, cfg)
@@ -127,21 +167,23 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir
                                      generator=torch.Generator().manual_seed(seed))
     optimizer, scheduler = loop.make_optimizer(model, cfg, plan)
     model, optimizer, dl = accelerator.prepare(model, optimizer, dl)
-    log = tracking.RunLog(accelerator, log_dir / "pretrain_log.jsonl")
-    metrics = loop.fit(accelerator, model, optimizer, scheduler, dl, None, plan, cfg, log)
-    return {"pretrain_steps": steps, "pretrain_loss": metrics["train_loss"], "pretrain_documents": len(feats)}
+    log = tracking.RunLog(accelerator, log_dir / f"{name}_log.jsonl")
+    metrics = loop.fit(accelerator, model, optimizer, scheduler, dl, None, plan, cfg, log, family)
+    return {f"{name}_steps": steps, f"{name}_loss": metrics["train_loss"], f"{name}_documents": len(feats)}
 
 
 def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pretrain_steps: int = 200,
-          vocab_size: int = 800, force: bool = False) -> dict[str, Path]:
-    """Build (or reuse) demo/data/{train,validation,test}.jsonl and demo/model."""
+          vocab_size: int = 800, force: bool = False, causal_steps: int | None = None) -> dict[str, Path]:
+    """Build (or reuse) demo/data/{train,validation,test}.jsonl, demo/model (T5) and demo/causal
+    (the decoder-only model; ``causal_steps`` of pre-training, by default 2x ``pretrain_steps``)."""
     out = Path(out)
     sizes = dict(sizes or SPLIT_SIZES)
+    causal_steps = 2 * pretrain_steps if causal_steps is None else causal_steps
     stamp = {"version": BUILD_VERSION, "seed": seed, "sizes": sizes, "pretrain_steps": pretrain_steps,
-             "vocab_size": vocab_size}
+             "vocab_size": vocab_size, "causal_steps": causal_steps}
     stamp_file = out / "build.json"
-    paths = {"data": out / "data", "model": out / "model"}
-    if not force and stamp_file.is_file() and (paths["model"] / "config.json").is_file():
+    paths = {"data": out / "data", "model": out / "model", "causal": out / "causal"}
+    if not force and stamp_file.is_file() and all((paths[k] / "config.json").is_file() for k in ("model", "causal")):
         if {k: v for k, v in json.loads(stamp_file.read_text()).items() if k in stamp} == stamp:
             return paths
     if out.exists() and any(out.iterdir()):
@@ -160,6 +202,12 @@ def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pr
     model = _tiny_t5(tokenizer, seed)
     result = _pretrain(model, tokenizer, texts, pretrain_steps, seed, out)
     model.save_pretrained(paths["model"])
+    causal_tok = _causal_tokenizer(paths["model"])
+    causal_tok.save_pretrained(paths["causal"])
+    causal_tok = AutoTokenizer.from_pretrained(paths["causal"])
+    causal = _tiny_causal(causal_tok, seed)
+    result.update(_pretrain(causal, causal_tok, texts, causal_steps, seed, out, name="causal_pretrain", lr=3e-3))
+    causal.save_pretrained(paths["causal"])
     stamp_file.write_text(json.dumps({**stamp, **result}, indent=2) + "\n")
     return paths
 
@@ -169,10 +217,13 @@ def main() -> None:
     parser.add_argument("--out", default="demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--causal-steps", type=int, default=None, help="decoder-only pre-training (default 2x)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
     args = parser.parse_args()
-    paths = build(args.out, seed=args.seed, pretrain_steps=args.pretrain_steps, force=args.force)
-    print(f"[sumtune] demo data in {paths['data']}, base model in {paths['model']}")
+    paths = build(args.out, seed=args.seed, pretrain_steps=args.pretrain_steps, force=args.force,
+                  causal_steps=args.causal_steps)
+    print(f"[sumtune] demo data in {paths['data']}, base models in {paths['model']} (T5) and {paths['causal']} "
+          "(decoder-only)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ or hub id) prompted zero-shot, or with K examples from the TRAIN split (few-shot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from sumtune import compare, data, models, rouge, tracking
+from sumtune import compare, data, families, models, rouge, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
@@ -70,22 +71,28 @@ def trained_config(folder: Path) -> dict:
 
 
 def load_candidate(cand: Candidate, cfg: RunConfig):
-    """(model, tokenizer, template) for one candidate. The template: the candidate's own option,
-    else the one its run folder was trained with, else the config's."""
+    """(model, tokenizer, prompt encoder settings) for one candidate: the model, its tokenizer
+    (prepared for its family) and the ``DataConfig`` its prompts are built with. The template: the
+    candidate's own option, else the one its run folder was trained with, else the config's; the
+    chat-template choice and the family likewise come from the run folder when it has them."""
     trained = trained_config(cand.folder)
-    template = cand.template or trained.get("data", {}).get("template") or cfg.data.template
+    saved_data, saved_model = trained.get("data", {}), trained.get("model", {})
+    template = cand.template or saved_data.get("template") or cfg.data.template
+    prompts = dataclasses.replace(cfg.data, template=resolve_template(template),
+                                  chat_template=saved_data.get("chat_template", cfg.data.chat_template))
     trust = cfg.model.trust_remote_code
+    family = families.resolve(cand.path, saved_model.get("family", "auto"), trust, key=f"candidate {cand.name}")
     if cand.kind == "lora":
         # An adapter trained on an 8/4-bit base is evaluated on the base it was trained with.
-        quantization = trained.get("model", {}).get("quantization", "none")
-        model = models.load_adapter(cand.folder, trained.get("model", {}).get("name_or_path"), quantization, trust)
+        quantization = saved_model.get("quantization", "none")
+        model = models.load_adapter(cand.folder, saved_model.get("name_or_path"), quantization, trust)
         base = model.peft_config["default"].base_model_name_or_path
-        tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base, trust)
+        tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base, trust,
+                                          family)
     else:
-        models.check_model_source(cand.path, key=f"candidate {cand.name}")
-        model = models.load_model(cand.path, trust_remote_code=trust)
-        tokenizer = models.load_tokenizer(cand.path, trust)
-    return model, tokenizer, resolve_template(template)
+        model = models.load_model(cand.path, trust_remote_code=trust, family=family)
+        tokenizer = models.load_tokenizer(cand.path, trust, family)
+    return model, tokenizer, prompts
 
 
 def trained_group(candidates: list[Candidate]) -> str | None:
@@ -134,10 +141,11 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
     references = [r["summary"] for r in records]
     results: list[compare.Result] = []
     for cand in candidates:
-        model, tokenizer, template = load_candidate(cand, cfg)
+        model, tokenizer, prompts = load_candidate(cand, cfg)
         models.to_device(model, accelerator.device)
         shots = draw_shots(train_records, cand.shots, cfg.train.seed) if cand.shots else []
-        encoder = data.PromptEncoder(tokenizer, template, cfg.data.max_source_length, shots=shots)
+        family = families.of_model(model)
+        encoder = data.prompt_encoder(family, tokenizer, prompts, shots=shots)
         started = time.perf_counter()
         preds, stats = generate(accelerator, model, tokenizer, encoder, dialogues, cfg.generation)
         seconds = time.perf_counter() - started
@@ -154,8 +162,14 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             "candidate": cand.path,
             "kind": cand.kind,
             "split": cfg.eval.split,
-            "template": template,
+            "family": family.name,
+            "model_type": family.model_type,
+            "template": encoder.template,
+            "chat_template": encoder.frame.chat,
             "generation": to_dict(cfg.generation),
+            # What decoding really used: sumtune's settings win over a checkpoint's generation_config.json.
+            "generation_settings": stats.settings,
+            "generation_strategy": stats.strategy,
         }
         note = f"; {stats.shots_dropped} shots dropped as too long" if cand.shots else ""
         tracking.say(accelerator, f"{cand.name}: " + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES)
@@ -198,7 +212,7 @@ def score_file(path: Path) -> tuple[dict[str, float], int]:
 
 def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool = False) -> compare.Comparison:
     """Evaluate candidates under the current (possibly multi-process) launch."""
-    from sumtune.distributed import deepspeed_config_path, make_accelerator, read_deepspeed_config
+    from sumtune.distributed import deepspeed_config_path, finish, make_accelerator, read_deepspeed_config
 
     if (ds_json := deepspeed_config_path()) is not None:
         read_deepspeed_config(ds_json)  # missing or broken: one line here, not a traceback from Accelerate
@@ -220,7 +234,7 @@ def run(cfg: RunConfig, candidate_specs: list[str], out: Path, overwrite: bool =
     comparison = evaluate_candidates(cfg, candidates, out, accelerator)
     if accelerator.is_main_process:
         print(compare.markdown(comparison), flush=True)
-    accelerator.end_training()
+    finish(accelerator)  # several processes: exits here, after everything is written
     return comparison
 
 
@@ -248,7 +262,9 @@ def run_compare(cfg: RunConfig, folders: list[Path], out: Path, baseline: str | 
                    {"folders": [str(f) for f in candidates], "baseline": comparison.baseline}, job_type="compare")
     compare.log_to_tracker(accelerator, results, comparison)
     print(compare.markdown(comparison), flush=True)
-    accelerator.end_training()
+    from sumtune.distributed import finish
+
+    finish(accelerator)
     return comparison
 
 

@@ -10,7 +10,7 @@ import torch
 
 from sumtune import checkpoints, data, loop, models, preemption, tracking
 from sumtune.config import RunConfig, to_dict
-from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
+from sumtune.distributed import check_deepspeed_config, deepspeed_stage, finish, make_accelerator, world_size
 from sumtune.errors import SumtuneError
 from sumtune.validation import RougeValidator
 
@@ -21,10 +21,11 @@ def run(cfg: RunConfig) -> dict:
     if resume_from:
         checkpoints.check_resumable(cfg, resume_from)
     check_deepspeed_config(cfg)
-    mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    models.check_precision(cfg.model.name_or_path, mixed, cfg.model.trust_remote_code)
-    models.check_quantization(cfg.model.quantization, deepspeed_stage())
     models.check_model_source(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    # The family (seq2seq or causal) is read from config.json: a model of neither fails here, before weights load.
+    family = models.model_family(cfg.model.name_or_path, cfg.model)
+    models.check_precision(family, os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+    models.check_quantization(cfg.model.quantization, deepspeed_stage())
 
     def read_splits():
         return (data.load_split(cfg.data, "train", cfg.data.max_train_examples),
@@ -38,10 +39,11 @@ def run(cfg: RunConfig) -> dict:
 
     set_seed(cfg.train.seed)
     # The model is built before the Accelerator: under ZeRO-3 a model created after it loses
-    # FLAN-T5's untied lm_head (DESIGN.md).
-    tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code)
-    model = models.apply_method(base, cfg.model)
+    # FLAN-T5's untied lm_head (docs/ARCHITECTURE.md).
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, family)
+    base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code,
+                             family)
+    model = models.apply_method(base, cfg.model, family)
     accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
     say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
 
@@ -49,8 +51,8 @@ def run(cfg: RunConfig) -> dict:
         with accelerator.main_process_first():
             splits = read_splits()
     (train_records, train_read), (val_records, val_read) = splits
-    train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data)
-    val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data)
+    train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data, family)
+    val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data, family)
     say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped")
     say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped")
 
@@ -59,13 +61,16 @@ def run(cfg: RunConfig) -> dict:
     say(f"plan: {plan.describe()}")
     trainable, total = models.count_parameters(model)
     quant = f", base in {cfg.model.quantization}" if cfg.model.quantization != "none" else ""
-    say(f"method {cfg.model.method}{quant}: {trainable:,} of {total:,} parameters trainable")
+    say(f"model: {family.name} family ({family.model_type}); method {cfg.model.method}{quant}: {trainable:,} of {total:,} "
+        "parameters trainable")
 
     collate = data.make_collator(tokenizer)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    train_dl = data.train_loader(train_feats, cfg.train, collate, generator)
-    say(data.batching_report(train_feats, cfg.train, cfg.train.seed))
-    val_dl = data.validation_loader(val_feats, cfg.train, collate, accelerator.num_processes)
+    train_lengths = data.example_lengths(train_feats, family)
+    train_dl = data.train_loader(train_feats, train_lengths, cfg.train, collate, generator)
+    say(data.batching_report(train_lengths, cfg.train, cfg.train.seed))
+    val_dl = data.validation_loader(val_feats, data.example_lengths(val_feats, family), cfg.train, collate,
+                                    accelerator.num_processes)
     optimizer, scheduler = loop.make_optimizer(model, cfg.train, plan)
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     # The scheduler is stepped by the loop, not by Accelerate (see loop.make_optimizer), so it is
@@ -73,7 +78,7 @@ def run(cfg: RunConfig) -> dict:
     accelerator.register_for_checkpointing(scheduler)
 
     run_dir = cfg.run_dir
-    validator = RougeValidator(accelerator, tokenizer, val_records, cfg) if cfg.train.rouge_every else None
+    validator = RougeValidator(accelerator, tokenizer, val_records, cfg, family) if cfg.train.rouge_every else None
     start = None
     if resume_from:
         state = json.loads((resume_from / checkpoints.STATE_FILE).read_text())
@@ -101,7 +106,7 @@ def run(cfg: RunConfig) -> dict:
         (run_dir / preemption.MARKER).unlink(missing_ok=True)
     signals = preemption.Preemption().install()
     started = time.perf_counter()
-    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log, validator,
+    metrics = loop.fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, log, family, validator,
                        checkpoint=checkpoint, start=start, generator=generator, preemption=signals)
     if metrics.get("preempted"):
         if accelerator.is_main_process:
@@ -110,12 +115,14 @@ def run(cfg: RunConfig) -> dict:
             f"{metrics['step']}; exiting with {preemption.EXIT_PREEMPTED}; start again with resume=auto to continue")
         accelerator.wait_for_everyone()  # the marker is written before any rank exits
         signals.uninstall()
-        accelerator.end_training()
+        finish(accelerator, exit_code=preemption.EXIT_PREEMPTED)  # several processes: exits here
         raise SystemExit(preemption.EXIT_PREEMPTED)
     if validator:
         metrics.update(validator.summary())
         say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")
     metrics.update(
+        family=family.name,
+        model_type=family.model_type,
         method=cfg.model.method,
         quantization=cfg.model.quantization,
         base_model=cfg.model.name_or_path,
@@ -133,5 +140,5 @@ def run(cfg: RunConfig) -> dict:
     say(f"training steps: {speed['real_tokens_per_s']:,.0f} real tokens/s, {speed['samples_per_s']:.1f} samples/s, "
         f"{speed['real_token_share']:.1%} of token positions real")
     say(f"saved {run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f})")
-    accelerator.end_training()
+    finish(accelerator)  # several processes: exits here, after everything is saved
     return metrics

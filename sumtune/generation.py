@@ -1,25 +1,31 @@
-"""Batched, length-sorted, distributed summary generation.
+"""Batched, length-sorted, distributed summary generation, for every model family.
 
 Two ways to decode, the same summaries:
 
-- ``refill`` (greedy decoding of T5-family models, the default where it applies): prompts are
-  taken longest first into one set of rows; a row whose summary is finished is dropped at once, and
-  when enough rows are free the next waiting prompts are encoded and join the others mid-way. The
-  decoder then runs about (summary tokens / rows) steps instead of one batch's longest summary per
-  batch. T5's decoder sees positions only relative to each other (relative attention bias), so a row
-  that joins late is the same as one that started alone: its cache is padded on the left and masked.
-- ``sorted``: ``model.generate`` over length-sorted batches (beam search, other model families,
-  ZeRO-3, or ``generation.refill=false``).
+- ``refill`` (greedy decoding of T5-family models, the default where it applies): the seq2seq
+  family's refill decoder (``sumtune.families.refill``), in which finished rows leave and waiting
+  prompts join mid-way.
+- ``sorted``: ``model.generate`` over length-sorted batches (beam search, sampling, other model
+  families, ZeRO-3, or ``generation.refill=false``); decoder-only prompts are padded on the left
+  and cut off the output.
+
+The settings ``generate`` decodes with are sumtune's (``generation.*``) and the ids the model
+needs, never what a checkpoint's own generation_config.json adds (see ``Family.generation_settings``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from sumtune import families
 from sumtune.config import GenerationConfig
-from sumtune.data import PadCollator, PromptEncoder
+from sumtune.data import PadCollator, PromptEncoder, longest_first
+from sumtune.families.refill import MAX_GROWTH, refill_decode
+
+__all__ = ["MAX_GROWTH", "STRATEGIES", "PromptStats", "generate", "make_batches", "refill_decode", "refill_model",
+           "settings_used", "shard_batches", "shard_prompts"]
 
 
 def _zero3() -> bool:
@@ -32,21 +38,9 @@ def _zero3() -> bool:
 class PromptStats:
     truncated: int = 0  # prompts whose dialogue was cut to fit max_source_length
     shots_dropped: int = 0  # few-shot examples left out because they did not fit
+    settings: dict = field(default_factory=dict)  # what generation decoded with (settings_used)
+    strategy: str = ""
 
-
-# A batch (or the refill decoder's set of rows) holds at most this many times
-# generation.batch_size prompts: the decoder's own cache grows with the number of prompts, not with
-# their length.
-MAX_GROWTH = 8
-
-# The refill decoder takes in waiting prompts once they would make up at least this share of its
-# rows: each intake costs an encoder pass of its own and a copy of the cache. On the demo model
-# (batch sizes 8/16/32, vs data-order batches) 0.25 gave 2.24-2.27x, 0.1 2.08-2.12x, 0.5 2.20-2.25x.
-REFILL_SHARE = 0.25
-
-# Finished rows are dropped from the decoder's batch once they are this share of it (dropping
-# copies the whole cache).
-COMPACT_SHARE = 0.25
 
 STRATEGIES = ("refill", "sorted", "data-order")
 
@@ -59,7 +53,7 @@ def make_batches(lengths: list[int], batch_size: int, sort: bool = True) -> list
     baseline the benchmark compares against)."""
     if not sort:
         return [list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size)]
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = longest_first(lengths)
     budget = batch_size * max(1, lengths[order[0]]) if order else 0
     batches: list[list[int]] = []
     for i in order:
@@ -80,205 +74,22 @@ def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int, so
 def shard_prompts(lengths: list[int], rank: int, world: int) -> list[int]:
     """This rank's prompts for the refill decoder: the length-sorted order (longest first) dealt
     round-robin, so every rank gets as many long prompts as the others."""
-    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[rank::world]
+    return longest_first(lengths)[rank::world]
 
 
-# Generation settings that add logits processors or stopping rules to greedy search, with the value
-# that leaves it plain. The refill decoder is plain greedy search; any other value goes to generate.
-_PLAIN_GREEDY = {
-    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-    "encoder_no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0, "guidance_scale": 1.0,
-    "remove_invalid_values": False, "bad_words_ids": None, "forced_bos_token_id": None,
-    "forced_eos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
-    "exponential_decay_length_penalty": None, "watermarking_config": None, "stop_strings": None,
-    "max_time": None, "prompt_lookup_num_tokens": None, "assistant_early_exit": None,
-}
-
-REFILL_MODEL_TYPES = ("t5", "mt5")
-
-
-def refill_model(model, gen: GenerationConfig, lockstep: bool = False):
+def refill_model(model, tokenizer, gen: GenerationConfig, lockstep: bool = False):
     """The module the refill decoder runs (a LoRA model's base, with its adapters in place), or None
     where it does not apply and ``model.generate`` decodes instead."""
-    if not gen.refill or gen.num_beams != 1 or lockstep:
+    if not gen.refill:
         return None
-    net = model
-    if hasattr(model, "peft_config"):
-        if model.active_peft_config.is_prompt_learning:
-            return None
-        net = model.get_base_model()
-    config = getattr(net, "config", None)
-    if getattr(config, "model_type", None) not in REFILL_MODEL_TYPES or not config.is_encoder_decoder:
-        return None
-    settings = net.generation_config
-    for key, plain in _PLAIN_GREEDY.items():
-        value = getattr(settings, key, None)
-        if value is not None and value != plain and value != []:
-            return None
-    if settings.do_sample or settings.decoder_start_token_id is None or settings.eos_token_id is None:
-        return None
-    return net
+    family = families.of_model(model)
+    return family.refill_net(model, family.generation_settings(model, tokenizer, gen), lockstep)
 
 
-def _pad(x: torch.Tensor, width: int, dim: int, left: bool = False) -> torch.Tensor:
-    """``x`` zero-padded along ``dim`` to ``width``."""
-    extra = width - x.shape[dim]
-    if extra <= 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = extra
-    zeros = x.new_zeros(shape)
-    return torch.cat([zeros, x] if left else [x, zeros], dim=dim)
-
-
-class _Rows:
-    """The prompts being decoded together, one row each: encoder output and mask, the decoder's
-    cache (self-attention over the row's own tokens, left-padded for rows that joined late;
-    cross-attention over its prompt, right-padded), the last token, and how many tokens it has."""
-
-    def __init__(self, prompts: list[int], hidden, enc_mask, cache, last: torch.Tensor):
-        self.prompts = torch.tensor(prompts)
-        self.hidden, self.enc_mask, self.cache, self.last = hidden, enc_mask, cache, last
-        self.dec_mask = enc_mask.new_zeros(len(prompts), 0)  # no token in the self-attention cache yet
-        self.made = torch.zeros(len(prompts), dtype=torch.long)
-        self.live = [True] * len(prompts)  # False: finished, not yet dropped (see compact)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def width(self) -> int:
-        return self.enc_mask.shape[1]
-
-    def _layers(self, attention: str):
-        return getattr(self.cache, attention).layers
-
-    def join(self, new: _Rows) -> None:
-        """Add ``new``'s rows (not started: nothing in their self-attention cache) to these."""
-        width, steps = max(self.width, new.width), self.dec_mask.shape[1]
-        self.hidden = torch.cat([_pad(self.hidden, width, 1), _pad(new.hidden, width, 1)])
-        self.enc_mask = torch.cat([_pad(self.enc_mask, width, 1), _pad(new.enc_mask, width, 1)])
-        self.dec_mask = torch.cat([self.dec_mask, self.dec_mask.new_zeros(len(new), steps)])
-        for name in ("prompts", "last", "made"):
-            setattr(self, name, torch.cat([getattr(self, name), getattr(new, name)]))
-        self.live = self.live + new.live
-        for layer in self._layers("self_attention_cache"):
-            heads, _, dim = layer.keys.shape[1:]
-            zeros = layer.keys.new_zeros(len(new), heads, steps, dim)
-            layer.keys, layer.values = torch.cat([layer.keys, zeros]), torch.cat([layer.values, zeros])
-        for mine, theirs in zip(self._layers("cross_attention_cache"), new._layers("cross_attention_cache")):
-            mine.keys = torch.cat([_pad(mine.keys, width, -2), _pad(theirs.keys, width, -2)])
-            mine.values = torch.cat([_pad(mine.values, width, -2), _pad(theirs.values, width, -2)])
-
-    def compact(self) -> None:
-        """Drop the finished rows; then cut cache columns no remaining row uses (leading
-        self-attention positions of rows that left, trailing prompt positions beyond the longest
-        remaining prompt)."""
-        rows = [row for row, live in enumerate(self.live) if live]
-        if len(rows) == len(self.live):
-            return
-        self.live = [True] * len(rows)
-        index = torch.tensor(rows, dtype=torch.long)
-        on_device = index.to(self.enc_mask.device)
-        self.prompts, self.made = self.prompts[index], self.made[index]
-        self.hidden, self.enc_mask = self.hidden[on_device], self.enc_mask[on_device]
-        self.dec_mask, self.last = self.dec_mask[on_device], self.last[on_device]
-        self.cache.batch_select_indices(on_device)
-        if not rows:
-            return
-        lead = int(self.dec_mask.any(0).int().argmax())  # first position some row uses
-        if lead:
-            self.dec_mask = self.dec_mask[:, lead:]
-            for layer in self._layers("self_attention_cache"):
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
-        width = int(self.enc_mask.sum(1).max())
-        if width < self.width:
-            self.hidden, self.enc_mask = self.hidden[:, :width], self.enc_mask[:, :width]
-            for layer in self._layers("cross_attention_cache"):
-                layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
-
-
-@torch.no_grad()
-def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens: int, pad_id: int,
-                  device, on_done=None) -> list[list[int]]:
-    """Greedy summaries (token ids, end token included) of ``prompts``, which must be sorted longest
-    first. At most ``batch_size`` x the longest prompt token positions and MAX_GROWTH x ``batch_size``
-    rows are decoded at once: never more than the first batch of sorted ``generate`` holds."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-    from transformers.modeling_outputs import BaseModelOutput
-
-    settings = net.generation_config
-    ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
-    start = settings.decoder_start_token_id
-    budget = batch_size * max(1, len(prompts[0])) if prompts else 0
-    most = MAX_GROWTH * batch_size
-    collate = PadCollator(pad_id)
-    done: list[list[int]] = [[] for _ in prompts]
-    rows: _Rows | None = None
-    waiting = 0  # prompts[waiting:] have not started
-
-    def begin(first: int, last: int) -> _Rows:
-        """Encode prompts[first:last] and fill their cross-attention cache (each decoder layer's
-        keys and values of the prompt, as T5's attention computes them on its first step); their
-        first decoder step is the next step of all rows."""
-        padded = collate([{"input_ids": ids} for ids in prompts[first:last]])
-        ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
-        hidden = net.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        cross = DynamicCache(config=net.config)
-        for index, block in enumerate(net.get_decoder().block):
-            attention = block.layer[1].EncDecAttention
-            shape = (*hidden.shape[:-1], -1, attention.key_value_proj_dim)
-            cross.update(attention.k(hidden).view(shape).transpose(1, 2), attention.v(hidden).view(shape).transpose(1, 2),
-                         index)
-        cache = EncoderDecoderCache(DynamicCache(config=net.config), cross)
-        starts = torch.full((last - first,), start, dtype=torch.long, device=device)
-        return _Rows(list(range(first, last)), hidden, mask, cache, starts)
-
-    def record(group: _Rows) -> None:
-        """Append each live row's last token; mark the rows that finished."""
-        for row, (i, token, made) in enumerate(zip(group.prompts.tolist(), group.last.tolist(), group.made.tolist())):
-            if not group.live[row]:
-                continue
-            done[i].append(token)
-            if token in ends or made >= max_new_tokens:
-                group.live[row] = False
-                if on_done:
-                    on_done()
-
-    while rows is not None or waiting < len(prompts):
-        # Take in waiting prompts while they fit the token budget, if enough of them fit.
-        count, width = (sum(rows.live), rows.width) if rows is not None else (0, 0)
-        take = waiting
-        while take < len(prompts) and count + take - waiting < most:
-            wider = max(width, len(prompts[take]))
-            if (count + take - waiting + 1) * wider > budget:
-                break
-            width, take = wider, take + 1
-        if take > waiting and (not count or take - waiting >= REFILL_SHARE * (count + take - waiting)
-                               or take == len(prompts)):
-            new = begin(waiting, take)
-            waiting = take
-            if rows is None:
-                rows = new
-            else:
-                rows.compact()
-                rows.join(new)
-        if rows is None or not any(rows.live):
-            rows = None
-            continue
-        dec_mask = torch.cat([rows.dec_mask, rows.dec_mask.new_ones(len(rows), 1)], 1)
-        out = net(encoder_outputs=BaseModelOutput(last_hidden_state=rows.hidden), attention_mask=rows.enc_mask,
-                  decoder_input_ids=rows.last[:, None], decoder_attention_mask=dec_mask, cache=rows.cache,
-                  use_cache=True)
-        rows.dec_mask, rows.last, rows.made = dec_mask, out.logits[:, -1].argmax(-1), rows.made + 1
-        record(rows)
-        finished = len(rows) - sum(rows.live)
-        # Finished rows ride along (their tokens are ignored) until enough of them can go at once.
-        if finished >= COMPACT_SHARE * len(rows):
-            rows.compact()
-            if not len(rows):
-                rows = None
-    return done
+def settings_used(settings) -> dict:
+    """The decoding settings, as metrics.json records them (only what differs from transformers'
+    defaults, so a reader sees what was asked for)."""
+    return {k: v for k, v in sorted(settings.to_diff_dict().items()) if k != "transformers_version"}
 
 
 def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: list[str], gen: GenerationConfig,
@@ -305,9 +116,13 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
     # Under ZeRO-3 every forward is a collective (weights are gathered layer by layer): each rank
     # must call generate as often as the others, so a rank short of a batch runs a dummy one.
     lockstep = world > 1 and accelerator.distributed_type == "DEEPSPEED" and _zero3()
-    net = refill_model(model, gen, lockstep) if strategy in ("auto", "refill") else None
+    family = families.of_model(model)
+    settings = family.generation_settings(model, tokenizer, gen)
+    stats.settings = settings_used(settings)
+    net = family.refill_net(model, settings, lockstep) if gen.refill and strategy in ("auto", "refill") else None
     if strategy == "refill" and net is None:
         raise ValueError("the refill decoder does not apply here (greedy T5-family models only, not under ZeRO-3)")
+    stats.strategy = "refill" if net is not None else ("data-order" if strategy == "data-order" else "sorted")
     model.eval()
     pad = tokenizer.pad_token_id
     show = progress and accelerator.is_main_process
@@ -316,11 +131,11 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
         order = shard_prompts(lengths, rank, world)
         with tqdm(total=len(order), disable=not show, desc="generate", leave=False) as bar:
             tokens = refill_decode(net, [inputs[i] for i in order], gen.batch_size, gen.max_new_tokens, pad,
-                                   accelerator.device, on_done=lambda: bar.update(1))
+                                   accelerator.device, on_done=lambda: bar.update(1), settings=settings)
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
         mine = list(zip(order, (t.strip() for t in texts)))
     else:
-        collate = PadCollator(pad)
+        collate = PadCollator(pad, side=family.prompt_padding())
         every = make_batches(lengths, gen.batch_size, sort=strategy != "data-order")
         batches = every[rank::world]
         if lockstep:
@@ -330,17 +145,11 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
             dummy = batch is None
             batch = [0] if dummy else batch
             padded = collate([{"input_ids": inputs[i]} for i in batch])
-            out = model.generate(
-                input_ids=padded["input_ids"].to(accelerator.device),
-                attention_mask=padded["attention_mask"].to(accelerator.device),
-                num_beams=gen.num_beams,
-                max_new_tokens=gen.max_new_tokens,
-                do_sample=False,
-                synced_gpus=lockstep,
-            )
+            out = family.generate(model, padded["input_ids"].to(accelerator.device),
+                                  padded["attention_mask"].to(accelerator.device), settings, lockstep=lockstep)
             if dummy:
                 continue
-            texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+            texts = tokenizer.batch_decode(out.ids, skip_special_tokens=True)
             mine.extend(zip(batch, (t.strip() for t in texts)))
     everything = gather_object(mine) if world > 1 else mine
     result: list[str | None] = [None] * len(dialogues)

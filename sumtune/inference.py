@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sumtune import models
+from sumtune import families, models
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
-from sumtune.data import PromptEncoder, iter_jsonl
+from sumtune.data import iter_jsonl, prompt_encoder
 from sumtune.errors import DataError, SumtuneError
 from sumtune.evaluation import Candidate, load_candidate
 
@@ -28,9 +28,9 @@ class Summarizer:
 
         self.cfg = cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        self.model, self.tok, template = load_candidate(Candidate("model", model_path), cfg)
+        self.model, self.tok, prompts = load_candidate(Candidate("model", model_path), cfg)
         models.to_device(self.model, self.acc.device)
-        self.encoder = PromptEncoder(self.tok, template, cfg.data.max_source_length)
+        self.encoder = prompt_encoder(families.of_model(self.model), self.tok, prompts)
 
     def __call__(self, dialogues: list[str]) -> list[str]:
         from sumtune.generation import generate

@@ -103,7 +103,7 @@ def make_optimizer(model, cfg: TrainConfig, plan: StepPlan):
 
 
 @torch.no_grad()
-def validation_loss(accelerator, model, dataloader, max_batches: int = 0) -> float:
+def validation_loss(accelerator, model, dataloader, family, max_batches: int = 0) -> float:
     """Token-weighted mean loss over the validation data, agreed across ranks.
 
     Per-example sums go through ``gather_for_metrics``, which drops the examples Accelerate
@@ -115,10 +115,8 @@ def validation_loss(accelerator, model, dataloader, max_batches: int = 0) -> flo
         if max_batches and i >= max_batches:
             break
         logits = model(**batch, use_cache=False).logits
-        labels = batch["labels"]
-        per_token = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                                      reduction="none").view(labels.shape)
-        rows = torch.stack([per_token.sum(1).double(), (labels != -100).sum(1).double()], dim=1)
+        per_token, mask = family.token_losses(logits, batch["labels"])  # the causal family shifts
+        rows = torch.stack([per_token.sum(1).double(), mask.sum(1).double()], dim=1)
         total += accelerator.gather_for_metrics(rows).sum(0).cpu()
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
@@ -146,8 +144,9 @@ class Meter:
     ``window()`` and ``run()`` are collectives: every rank calls them at the same steps.
     """
 
-    def __init__(self, accelerator):
+    def __init__(self, accelerator, family):
         self.acc = accelerator
+        self.family = family
         self.sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss, batches, real tokens
         self.samples = self.positions = 0
         self.totals = torch.zeros(4, dtype=torch.float64)  # this rank: real tokens, positions, samples, seconds
@@ -156,9 +155,10 @@ class Meter:
     def add(self, batch: dict, loss: torch.Tensor) -> None:
         self.sums[0] += loss.detach()
         self.sums[1] += 1
-        self.sums[2] += batch["attention_mask"].sum() + (batch["labels"] != -100).sum()
+        real, positions = self.family.count(batch)  # each token once (a causal summary is inside its input)
+        self.sums[2] += real
         self.samples += batch["input_ids"].shape[0]
-        self.positions += batch["input_ids"].numel() + batch["labels"].numel()
+        self.positions += positions
 
     @contextmanager
     def aside(self):
@@ -218,7 +218,7 @@ class NonFiniteError(SumtuneError):
 
 
 def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
-        validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None,
+        family, validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None,
         checkpoint: Callable[[int, dict], str] | None = None, start: Position | None = None,
         generator: torch.Generator | None = None, preemption=None) -> dict:
     """Train until ``plan.total_steps`` optimizer steps; returns the final metrics.
@@ -239,7 +239,7 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
     resume_generator = pos.generator_state
     stopped_early = preempted = False
     last_checkpoint = "none"
-    meter = Meter(accelerator)
+    meter = Meter(accelerator, family)
     if pos.window:
         meter.restore(pos.window)
     grad_norm = torch.tensor(0.0)
@@ -284,7 +284,7 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             with meter.aside():  # validation and checkpoints are not training time
                 if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
-                    log.log({"val_loss": validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)}, step=step)
+                    log.log({"val_loss": validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)}, step=step)
                 if validate and (step % cfg.rouge_every == 0 or step == plan.total_steps):
                     scores, stop = validate(model, step)
                     log.log(scores, step=step)
@@ -309,7 +309,7 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
     if preempted:
         return {**final, "preempted": True, "checkpoint": last_checkpoint}
     if val_dl is not None:
-        final["val_loss"] = validation_loss(accelerator, model, val_dl, cfg.eval_max_batches)
+        final["val_loss"] = validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)
         log.log({"val_loss": final["val_loss"]}, step=step)
     final["plan"] = asdict(plan)
     return final

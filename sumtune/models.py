@@ -2,70 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-import torch
-
+from sumtune import families
 from sumtune.config import ModelConfig
-from sumtune.errors import ConfigError, SumtuneError
+from sumtune.errors import ConfigError
+from sumtune.families import Family, set_dropout
+from sumtune.families.base import ModelError, check_model_source
+
+__all__ = ["ModelError", "apply_method", "check_model_source", "check_precision", "check_quantization",
+           "load_adapter", "load_model", "load_tokenizer", "model_family", "set_dropout", "to_device"]
 
 
-class ModelError(SumtuneError):
-    """A model path or hub id that cannot be loaded."""
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
-def check_model_source(name_or_path: str, key: str = "model.name_or_path", trust_remote_code: bool | None = None) -> None:
-    """Fail fast, in one line, for a model that cannot be found (no 47 s hub retry offline), and,
-    given ``trust_remote_code=False``, for a local model that would run its own code."""
-    path = Path(name_or_path)
-    if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise ModelError(f"{key}: {name_or_path} is a folder without config.json; point it at a saved model")
-        if trust_remote_code is False and (path / "config.json").is_file():
-            import json
-
-            try:
-                auto_map = json.loads((path / "config.json").read_text(encoding="utf-8")).get("auto_map")
-            except (ValueError, AttributeError):
-                auto_map = None  # transformers names what is wrong with it when loading
-            if auto_map:
-                raise _remote_code_refused(ValueError("trust_remote_code"), name_or_path)
-        return
-    # "outputs/run-typo" is a hub id in form; with a local outputs/ folder it is a path that does not exist.
-    looks_local = (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-                   or (name_or_path.count("/") == 1 and path.parent.is_dir()))
-    if looks_local:
-        raise ModelError(f"{key}: {name_or_path} does not exist")
-    if _hub_offline():
-        raise ModelError(
-            f"{key}: '{name_or_path}' is not a local folder and HF_HUB_OFFLINE is set; "
-            "download it first or give a local path"
-        )
-
-
-def _remote_code_refused(err: ValueError, name_or_path: str) -> ModelError:
-    if "trust_remote_code" not in str(err):
-        raise err
-    return ModelError(f"{name_or_path} ships its own Python code (auto_map in its config.json), which sumtune does "
-                      "not run unless the config says so; set model.trust_remote_code=true only if you trust it")
-
-
-def model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
-    from transformers import AutoConfig
-
-    check_model_source(name_or_path)
-    try:
-        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
-    except OSError as err:
-        raise ModelError(f"model.name_or_path: cannot load '{name_or_path}' ({str(err).splitlines()[0]})") from None
-    except ValueError as err:
-        raise _remote_code_refused(err, name_or_path) from None
+def model_family(name_or_path: str, cfg: ModelConfig | None = None, key: str = "model.name_or_path") -> Family:
+    """The family of ``name_or_path`` (its config.json; no weights loaded), as ``model.family`` asks."""
+    choice = cfg.family if cfg is not None else "auto"
+    trust = cfg.trust_remote_code if cfg is not None else False
+    return families.resolve(name_or_path, choice, trust, key=key)
 
 
 def check_quantization(quantization: str, zero_stage: int | None) -> None:
@@ -76,73 +32,34 @@ def check_quantization(quantization: str, zero_stage: int | None) -> None:
         )
 
 
-def check_precision(name_or_path: str, mixed_precision: str, trust_remote_code: bool = False) -> None:
-    """T5 activations overflow fp16 (NaN losses); refuse before any work is done."""
-    if mixed_precision == "fp16" and model_type(name_or_path, trust_remote_code) in ("t5", "mt5", "umt5"):
-        raise ConfigError(
-            "mixed_precision fp16 with a T5 model: T5 overflows to NaN in fp16; "
-            "use bf16 (GPU) or no mixed precision (fp32) in the accelerate config"
-        )
+def check_precision(family: Family, mixed_precision: str) -> None:
+    family.check_precision(mixed_precision)
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, family: Family | None = None):
     from transformers import AutoTokenizer
 
+    from sumtune.families.base import remote_code_refused
+
     check_model_source(name_or_path)
+    family = family or families.resolve(name_or_path, trust_remote_code=trust_remote_code)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except ValueError as err:
-        raise _remote_code_refused(err, name_or_path) from None
-
-
-def _quantization_kwargs(quantization: str) -> dict:
-    """bitsandbytes loading for a frozen LoRA base. Each process loads onto its own device."""
-    if quantization == "none":
-        return {}
-    from transformers import BitsAndBytesConfig
-
-    if torch.cuda.is_available():
-        device, compute = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.bfloat16
-    else:
-        device, compute = "cpu", torch.float32
-    if quantization == "8bit":
-        bnb = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-                                 bnb_4bit_use_double_quant=True)
-    return {"quantization_config": bnb, "device_map": {"": device}}
+        raise remote_code_refused(err, name_or_path) from None
+    return family.prepare_tokenizer(tokenizer)
 
 
 def load_model(name_or_path: str, dropout: float | None = None, quantization: str = "none",
-               trust_remote_code: bool = False):
-    from transformers import AutoModelForSeq2SeqLM
-
-    check_model_source(name_or_path)
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                      **_quantization_kwargs(quantization))
-    except OSError as err:
-        raise ModelError(f"cannot load model '{name_or_path}' ({str(err).splitlines()[0]})") from None
-    except ValueError as err:
-        raise _remote_code_refused(err, name_or_path) from None
+               trust_remote_code: bool = False, family: Family | None = None):
+    family = family or families.resolve(name_or_path, trust_remote_code=trust_remote_code)
+    model = family.load(name_or_path, quantization, trust_remote_code)
     if dropout is not None:
         set_dropout(model, dropout)
     return model
 
 
-def set_dropout(model: torch.nn.Module, p: float) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
-        # Some layers keep the rate as a plain float read at call time (T5Attention's attention
-        # dropout): changing only the nn.Dropout modules would leave those on.
-        elif isinstance(getattr(module, "dropout", None), float):
-            module.dropout = p
-    if hasattr(model.config, "dropout_rate"):
-        model.config.dropout_rate = p
-
-
-def apply_method(model, cfg: ModelConfig):
+def apply_method(model, cfg: ModelConfig, family: Family):
     """Wrap the base model for the chosen method. Full fine-tuning trains it as it is."""
     if cfg.quantization != "none":
         from peft import prepare_model_for_kbit_training
@@ -150,20 +67,22 @@ def apply_method(model, cfg: ModelConfig):
         # Freezes the base, keeps norms in fp32, and enables input grads for checkpointing.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 names it activation checkpointing (non-reentrant; input grads enabled for PEFT).
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
     if cfg.method == "full":
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = cfg.lora.target_modules
+    targets = family.lora_targets() if cfg.lora.target_modules == ["auto"] else cfg.lora.target_modules
     lora = LoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
+        task_type=getattr(TaskType, family.task_type),
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        target_modules="all-linear" if targets in ("all-linear", ["all-linear"]) else targets,
     )
     try:
         return get_peft_model(model, lora)

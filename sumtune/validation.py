@@ -11,17 +11,17 @@ from pathlib import Path
 
 from sumtune import checkpoints, faults, rouge
 from sumtune.config import RunConfig, dump_yaml
-from sumtune.data import PromptEncoder
+from sumtune.data import prompt_encoder
 from sumtune.generation import generate
 
 
 class RougeValidator:
-    def __init__(self, accelerator, tokenizer, val_records: list[dict], cfg: RunConfig):
+    def __init__(self, accelerator, tokenizer, val_records: list[dict], cfg: RunConfig, family):
         self.acc = accelerator
         self.tok = tokenizer
         self.cfg = cfg
         self.records = val_records[: cfg.train.rouge_examples]
-        self.encoder = PromptEncoder(tokenizer, cfg.data.template, cfg.data.max_source_length)
+        self.encoder = prompt_encoder(family, tokenizer, cfg.data)
         self.metric = cfg.train.best_metric
         self.best = -math.inf
         self.best_step: int | None = None

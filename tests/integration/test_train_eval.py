@@ -56,8 +56,9 @@ def test_two_ranks_train_on_the_length_grouped_batches_dealt_round_robin(runs, d
     saved = load_config(runs["lora"] / "sumtune_config.yaml")
     tokenizer = models.load_tokenizer(demo["model"])
     records, _ = data.load_split(saved.data, "train")
-    feats, _ = data.encode_records(records, tokenizer, saved.data)
-    lengths = data.example_lengths(feats)
+    family = models.model_family(demo["model"])
+    feats, _ = data.encode_records(records, tokenizer, saved.data, family)
+    lengths = data.example_lengths(feats, family)
     order = list(data.LengthGroupedBatches(lengths, 4, torch.Generator().manual_seed(saved.train.seed),
                                            saved.train.group_size))
     used = order[:12]
@@ -80,10 +81,11 @@ def test_validation_loss_counts_every_example_once_across_two_ranks(runs, demo):
     tokenizer = models.load_tokenizer(str(runs["full"]))
     model = models.load_model(str(runs["full"]))
     records, _ = data.load_split(saved.data, "validation", 21)
-    feats, _ = data.encode_records(records, tokenizer, saved.data)
+    family = models.model_family(str(runs["full"]))
+    feats, _ = data.encode_records(records, tokenizer, saved.data, family)
     from accelerate import Accelerator
 
-    direct = loop.validation_loss(Accelerator(cpu=True), model, [data.make_collator(tokenizer)(feats)])
+    direct = loop.validation_loss(Accelerator(cpu=True), model, [data.make_collator(tokenizer)(feats)], family)
     assert json.loads((runs["full"] / "metrics.json").read_text())["val_loss"] == pytest.approx(direct, rel=1e-5)
 
 

@@ -5,6 +5,7 @@ import pytest
 from sumtune.config import DataConfig
 from sumtune.data import batches_per_rank, encode_records, load_split, make_collator
 from sumtune.errors import DataError
+from sumtune.families import Seq2SeqFamily
 
 
 def local_cfg(path, **kw):
@@ -110,7 +111,7 @@ def test_truncation_cuts_the_dialogue_not_the_instruction_and_is_counted(tokeniz
     feats, stats = encode_records(
         [{"id": "1", "dialogue": long_dialogue, "summary": "Anna and Tom will meet at the library at 5 pm."},
          {"id": "2", "dialogue": "Tom: yes", "summary": "Tom."}],
-        tokenizer, cfg)
+        tokenizer, cfg, Seq2SeqFamily("t5"))
     assert stats.truncated_source == 1 and stats.truncated_target == 1
     src = feats[0]["input_ids"]
     assert len(src) == 60 and src[-1] == tokenizer.eos_token_id

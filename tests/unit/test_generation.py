@@ -7,6 +7,7 @@ import torch
 
 from sumtune import generation
 from sumtune.config import GenerationConfig
+from sumtune.families import refill
 from sumtune.generation import MAX_GROWTH, refill_decode, refill_model, shard_prompts
 
 ENDS: list[int] = []  # see varied_ends; set by the fixture
@@ -82,14 +83,14 @@ def test_refill_gives_transformers_greedy_tokens_and_stays_in_the_budget(tiny, m
                 steps.append(kwargs["decoder_attention_mask"].shape[1])
             return forward(self, *args, **kwargs)
 
-        join = generation._Rows.join
+        join = refill._Rows.join
 
         def watch_join(rows, new):
             joins.append((len(rows), len(new), rows.dec_mask.shape[1]))
             return join(rows, new)
 
         monkeypatch.setattr(type(model), "forward", watch)
-        monkeypatch.setattr(generation._Rows, "join", watch_join)
+        monkeypatch.setattr(refill._Rows, "join", watch_join)
         done = []
         got = refill_decode(model, sorted_prompts, batch_size=3, max_new_tokens=30, pad_id=tok.pad_token_id,
                             device="cpu", on_done=lambda: done.append(1))
@@ -134,22 +135,27 @@ def test_generate_strategies_give_the_same_summaries(tiny):
 def test_refill_applies_to_plain_greedy_t5_only(tiny):
     from transformers import BartConfig, BartForConditionalGeneration
 
-    model, _, _ = tiny
-    assert refill_model(model, GenerationConfig()) is model
-    assert refill_model(model, GenerationConfig(num_beams=4)) is None
-    assert refill_model(model, GenerationConfig(refill=False)) is None
-    assert refill_model(model, GenerationConfig(), lockstep=True) is None
+    model, tok, _ = tiny
+    assert refill_model(model, tok, GenerationConfig()) is model
+    assert refill_model(model, tok, GenerationConfig(num_beams=4)) is None
+    assert refill_model(model, tok, GenerationConfig(refill=False)) is None
+    assert refill_model(model, tok, GenerationConfig(do_sample=True)) is None
+    assert refill_model(model, tok, GenerationConfig(), lockstep=True) is None
+    # A checkpoint's own generation_config.json does not decide how sumtune decodes: its
+    # repetition penalty (or bart-large-cnn's min_length 56) is not applied, so refill still applies.
     model.generation_config.repetition_penalty = 1.3
     try:
-        assert refill_model(model, GenerationConfig()) is None
-        model.generation_config.repetition_penalty = 1.0  # the neutral value, as older configs write it
-        assert refill_model(model, GenerationConfig()) is model
+        assert refill_model(model, tok, GenerationConfig()) is model
+        settings = generation.families.of_model(model).generation_settings(model, tok, GenerationConfig())
+        assert settings.repetition_penalty in (None, 1.0)
+        settings.repetition_penalty = 1.3  # the decoder itself refuses settings it does not apply
+        assert refill.plain_greedy(settings) is False
     finally:
         model.generation_config.repetition_penalty = None
     bart = BartForConditionalGeneration(BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
                                                    encoder_attention_heads=2, decoder_attention_heads=2,
                                                    encoder_ffn_dim=16, decoder_ffn_dim=16))
-    assert refill_model(bart, GenerationConfig()) is None  # absolute positions: a late row would be off
+    assert refill_model(bart, tok, GenerationConfig()) is None  # absolute positions: a late row would be off
 
 
 def test_refill_runs_a_lora_model_through_its_base_with_the_adapters(tiny):
@@ -158,7 +164,7 @@ def test_refill_runs_a_lora_model_through_its_base_with_the_adapters(tiny):
     model, tok, prompts = tiny
     peft = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q", "v"], init_lora_weights=False))
     peft.eval()
-    net = refill_model(peft, GenerationConfig())
+    net = refill_model(peft, tok, GenerationConfig())
     assert net is peft.get_base_model()
     some = sorted(prompts[:12], key=len, reverse=True)
     got = refill_decode(net, some, 4, 12, tok.pad_token_id, "cpu")

@@ -76,9 +76,10 @@ def test_meter_counts_real_tokens_padding_and_leaves_out_time_set_aside():
     import torch
     from accelerate import Accelerator
 
+    from sumtune.families import Seq2SeqFamily
     from sumtune.loop import Meter
 
-    meter = Meter(Accelerator(cpu=True))
+    meter = Meter(Accelerator(cpu=True), Seq2SeqFamily("t5"))
     batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
              "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
              "labels": torch.tensor([[3, 4, 1], [3, 1, -100]])}
@@ -99,6 +100,7 @@ def test_a_logging_window_carried_through_a_checkpoint_logs_what_an_unbroken_one
     import torch
     from accelerate import Accelerator
 
+    from sumtune.families import Seq2SeqFamily
     from sumtune.loop import Meter
 
     def batch(n):
@@ -106,11 +108,11 @@ def test_a_logging_window_carried_through_a_checkpoint_logs_what_an_unbroken_one
                 "labels": torch.ones(n, 2, dtype=torch.long)}
 
     acc = Accelerator(cpu=True)
-    unbroken, before = Meter(acc), Meter(acc)
+    unbroken, before = Meter(acc, Seq2SeqFamily("t5")), Meter(acc, Seq2SeqFamily("t5"))
     for m in (unbroken, before):
         m.add(batch(2), torch.tensor(3.0))
     carried = before.carry()  # the checkpoint between two logging steps
-    after = Meter(acc)  # the resumed process
+    after = Meter(acc, Seq2SeqFamily("t5"))  # the resumed process
     after.restore(carried)
     for m in (unbroken, after):
         m.add(batch(3), torch.tensor(1.0))

@@ -68,7 +68,7 @@ def test_trust_remote_code_is_off_unless_the_config_says_so():
 
 def test_a_model_with_its_own_code_is_refused_by_default_and_its_code_never_runs(custom_code_model):
     path, marker = custom_code_model
-    for load in (models.load_model, models.model_type, lambda p: models.check_precision(p, "fp16")):
+    for load in (models.load_model, models.model_family, models.load_tokenizer):
         with pytest.raises(models.ModelError) as err:
             load(str(path))
         assert str(err.value) == (f"{path} ships its own Python code (auto_map in its config.json), which sumtune does not "

@@ -1,0 +1,258 @@
+"""What both families share, and the interface each one fills in."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sumtune.errors import ConfigError, SumtuneError
+
+
+class ModelError(SumtuneError):
+    """A model path or hub id that cannot be loaded."""
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def check_model_source(name_or_path: str, key: str = "model.name_or_path", trust_remote_code: bool | None = None) -> None:
+    """Fail fast, in one line, for a model that cannot be found (no 47 s hub retry offline), and,
+    given ``trust_remote_code=False``, for a local model that would run its own code."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelError(f"{key}: {name_or_path} is a folder without config.json; point it at a saved model")
+        if trust_remote_code is False and (path / "config.json").is_file():
+            try:
+                auto_map = json.loads((path / "config.json").read_text(encoding="utf-8")).get("auto_map")
+            except (ValueError, AttributeError):
+                auto_map = None  # transformers names what is wrong with it when loading
+            if auto_map:
+                raise remote_code_refused(ValueError("trust_remote_code"), name_or_path)
+        return
+    # "outputs/run-typo" is a hub id in form; with a local outputs/ folder it is a path that does not exist.
+    looks_local = (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+                   or (name_or_path.count("/") == 1 and path.parent.is_dir()))
+    if looks_local:
+        raise ModelError(f"{key}: {name_or_path} does not exist")
+    if _hub_offline():
+        raise ModelError(
+            f"{key}: '{name_or_path}' is not a local folder and HF_HUB_OFFLINE is set; "
+            "download it first or give a local path"
+        )
+
+
+def remote_code_refused(err: ValueError, name_or_path: str) -> ModelError:
+    if "trust_remote_code" not in str(err):
+        raise err
+    return ModelError(f"{name_or_path} ships its own Python code (auto_map in its config.json), which sumtune does "
+                      "not run unless the config says so; set model.trust_remote_code=true only if you trust it")
+
+
+# Dropout rates kept as plain floats (read at call time) by some architectures: T5's attention
+# dropout, Llama/Qwen/Mistral's attention_dropout, BART's functional dropouts, Phi's resid_pdrop.
+# Changing only the nn.Dropout modules would leave those on.
+_FLOAT_DROPOUTS = ("dropout", "attention_dropout", "activation_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
+                   "hidden_dropout", "dropout_rate")
+_CONFIG_DROPOUTS = _FLOAT_DROPOUTS + ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+            continue
+        for name in _FLOAT_DROPOUTS:
+            if isinstance(getattr(module, name, None), float) and not isinstance(getattr(module, name), bool):
+                setattr(module, name, p)
+    config = getattr(model, "config", None)
+    for name in _CONFIG_DROPOUTS:
+        if isinstance(getattr(config, name, None), float):
+            setattr(config, name, p)
+
+
+def quantization_kwargs(quantization: str) -> dict:
+    """bitsandbytes loading for a frozen LoRA base. Each process loads onto its own device."""
+    if quantization == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    if torch.cuda.is_available():
+        device, compute = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.bfloat16
+    else:
+        device, compute = "cpu", torch.float32
+    if quantization == "8bit":
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                                 bnb_4bit_use_double_quant=True)
+    return {"quantization_config": bnb, "device_map": {"": device}}
+
+
+@dataclass
+class PromptFrame:
+    """How a prompt is wrapped: the template (possibly rendered through a chat template), the ids
+    that open it (BOS) and close it (T5's EOS; nothing for a causal prompt, which the summary
+    continues)."""
+
+    template: str
+    lead: list[int] = field(default_factory=list)
+    tail: list[int] = field(default_factory=list)
+    chat: bool = False
+
+
+@dataclass
+class GenerationOutput:
+    """Generated tokens per prompt (the prompt stripped; the end token, when reached, included),
+    and, when asked, each token's log-probability under the model (float32, same lengths)."""
+
+    ids: list[list[int]]
+    logprobs: list[torch.Tensor] | None = None
+
+
+def wrapping(tokenizer, probe: str = "hello world") -> tuple[list[int], list[int]]:
+    """The special ids a tokenizer puts before and after a text by default (T5: [] and [EOS];
+    BART: [BOS] and [EOS]; Llama: [BOS] and []; Qwen2: [] and [])."""
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    specials = set(tokenizer.all_special_ids)
+    lead = [i for i in full[:1] if i in specials]
+    tail = [i for i in full[-1:] if i in specials and i not in lead]
+    return lead, tail
+
+
+class Family:
+    """The interface. ``model_type`` is the model's config type ("t5", "llama", ...)."""
+
+    name = ""
+    auto_class = ""
+    task_type = ""
+
+    def __init__(self, model_type: str):
+        self.model_type = model_type
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_type!r})"
+
+    # -- loading
+    def load(self, name_or_path: str, quantization: str = "none", trust_remote_code: bool = False):
+        import transformers
+
+        check_model_source(name_or_path)
+        cls = getattr(transformers, self.auto_class)
+        try:
+            return cls.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                       **quantization_kwargs(quantization))
+        except OSError as err:
+            raise ModelError(f"cannot load model '{name_or_path}' ({str(err).splitlines()[0]})") from None
+        except ValueError as err:
+            raise remote_code_refused(err, name_or_path) from None
+
+    def prepare_tokenizer(self, tokenizer):
+        """Fill in what the family needs of a tokenizer (a pad token), in place."""
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ModelError(f"the tokenizer of this {self.model_type} model has neither a pad nor an end-of-sequence "
+                                 "token; add one to its tokenizer_config.json")
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def check_precision(self, mixed_precision: str) -> None:
+        """Refuse a precision the architecture is known to fail in, before any work is done."""
+
+    def lora_targets(self) -> str | list[str]:
+        return "all-linear"
+
+    # -- data
+    def frame(self, tokenizer, template: str, chat_template: str = "never") -> PromptFrame:
+        raise NotImplementedError
+
+    def target_ids(self, tokenizer, summary: str, max_target_length: int) -> tuple[list[int], bool]:
+        raise NotImplementedError
+
+    def example(self, prompt: list[int], target: list[int]) -> dict:
+        """A training feature from prompt and target ids."""
+        raise NotImplementedError
+
+    def lengths(self, feature: dict) -> tuple[int, int]:
+        """(source, target) lengths of a feature: what a batch is padded to is their maxima summed."""
+        raise NotImplementedError
+
+    def count(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """(real tokens as a device tensor, token positions) of a collated batch: each token once."""
+        raise NotImplementedError
+
+    def token_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token cross-entropy (0 where masked) and the mask, aligned so position t's logits
+        predict its label."""
+        raise NotImplementedError
+
+    def prompt_padding(self) -> str:
+        """"right" or "left": how prompts are padded for generation."""
+        return "right"
+
+    # -- generation
+    def generation_settings(self, model, tokenizer, gen):
+        """The ``transformers.GenerationConfig`` generation uses: sumtune's settings, the ids the model
+        needs, and nothing else a checkpoint's generation_config.json would add (bart-large-cnn's
+        min_length 56 forces 60-token summaries where SAMSum's references have 20)."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        net = model.get_base_model() if hasattr(model, "get_base_model") else model
+        shipped = getattr(net, "generation_config", None)
+        ends = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        extra = getattr(shipped, "eos_token_id", None)
+        for end in extra if isinstance(extra, list) else [extra]:
+            if end is not None and end not in ends:
+                ends.append(end)
+        settings = {
+            "max_new_tokens": gen.max_new_tokens, "num_beams": gen.num_beams, "do_sample": gen.do_sample,
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": ends if len(ends) > 1 else (ends or [None])[0],
+        }
+        if gen.do_sample:
+            settings.update(temperature=gen.temperature, top_k=gen.top_k or None, top_p=gen.top_p)
+        settings.update(self._model_ids(net))
+        return HFGenerationConfig(**settings)
+
+    def _model_ids(self, net) -> dict:
+        return {}
+
+    def refill_net(self, model, settings, lockstep: bool):
+        """The network the refill decoder runs, or None where ``model.generate`` decodes."""
+        return None
+
+    def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, lockstep: bool = False,
+                 logprobs: bool = False) -> GenerationOutput:
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings,
+                             synced_gpus=lockstep, return_dict_in_generate=True, output_logits=logprobs)
+        new = self._new_tokens(out.sequences, input_ids)
+        ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
+        ids = [_until_end(row, ends, settings.pad_token_id) for row in new.tolist()]
+        if not logprobs:
+            return GenerationOutput(ids)
+        if settings.num_beams != 1:
+            raise ConfigError("log-probabilities of generated tokens need generation.num_beams=1")
+        steps = torch.stack(out.logits, 1).float().log_softmax(-1)  # [batch, new tokens, vocab]
+        picked = steps.gather(-1, new[:, : steps.shape[1], None]).squeeze(-1)
+        return GenerationOutput(ids, [picked[i, : len(row)].cpu() for i, row in enumerate(ids)])
+
+    def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _until_end(row: list[int], ends: list[int], pad: int | None) -> list[int]:
+    """A generated row up to and including its first end token; padding after it removed."""
+    for i, token in enumerate(row):
+        if token in ends:
+            return row[: i + 1]
+    while row and pad is not None and row[-1] == pad and pad not in ends:
+        row = row[:-1]
+    return row

@@ -1,0 +1,77 @@
+"""Decoder-only models (Llama, Qwen2, Mistral, Gemma, Phi, ...): prompt and summary are one
+sequence, ``prompt + summary + EOS``, and only the summary and its EOS are learned.
+
+The traps this file exists for (each silent in other toolkits):
+
+- labels are masked by POSITION (the prompt's), never by comparing ids with the pad id: with
+  pad == eos (Llama, Mistral) the latter would mask the real EOS too, and the model would never
+  learn to stop;
+- the EOS is always appended to the summary, whatever the tokenizer's post-processor does;
+- a BOS is put in front only when the tokenizer adds one by default, and not when a chat template
+  already starts with it (no double BOS);
+- prompts are padded on the LEFT for generation, so every row's last prompt token is where
+  decoding continues, and the prompt is cut off the output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sumtune.errors import DataError
+from sumtune.families.base import Family, PromptFrame, wrapping
+from sumtune.prompts import PLACEHOLDER, resolve_template
+
+_MARK = "<<sumtune-dialogue>>"
+
+
+class CausalFamily(Family):
+    name = "causal"
+    auto_class = "AutoModelForCausalLM"
+    task_type = "CAUSAL_LM"
+
+    def frame(self, tokenizer, template: str, chat_template: str = "auto") -> PromptFrame:
+        template = resolve_template(template)
+        chat = False
+        if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+            # The instruction (with the dialogue) is the user's turn; the summary is the assistant's.
+            message = [{"role": "user", "content": template.replace(PLACEHOLDER, _MARK).strip()}]
+            rendered = tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
+            if isinstance(rendered, str) and rendered.count(_MARK) == 1:
+                template, chat = rendered.replace(_MARK, PLACEHOLDER), True
+        lead, _ = wrapping(tokenizer)
+        starts = tokenizer(template.split(PLACEHOLDER)[0], add_special_tokens=False)["input_ids"][:len(lead)]
+        if lead and starts == lead:
+            lead = []  # the (chat) template opens with the BOS itself
+        return PromptFrame(template, lead, [], chat)
+
+    def target_ids(self, tokenizer, summary: str, max_target_length: int) -> tuple[list[int], bool]:
+        if tokenizer.eos_token_id is None:
+            raise DataError("the tokenizer has no end-of-sequence token: a decoder-only model could not learn where a "
+                            "summary ends; set eos_token in its tokenizer_config.json")
+        ids = tokenizer(summary, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) <= max_target_length:
+            return ids, False
+        return ids[: max_target_length - 1] + [tokenizer.eos_token_id], True
+
+    def example(self, prompt: list[int], target: list[int]) -> dict:
+        return {"input_ids": prompt + target, "labels": [-100] * len(prompt) + target}
+
+    def lengths(self, feature: dict) -> tuple[int, int]:
+        return len(feature["input_ids"]), 0
+
+    def count(self, batch: dict) -> tuple[torch.Tensor, int]:
+        # Labels sit inside the input sequence: counting them as well would count the summary twice.
+        return batch["attention_mask"].sum(), batch["input_ids"].numel()
+
+    def token_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Position t predicts token t + 1.
+        logits, labels = logits[:, :-1], labels[:, 1:]
+        per_token = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                      reduction="none").view(labels.shape)
+        return per_token, labels != -100
+
+    def prompt_padding(self) -> str:
+        return "left"
+
+    def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return sequences[:, input_ids.shape[1]:]
