@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh clone (Python 3.10+ is all they need):
-#   make demo    set up .venv, build the offline demo, train LoRA and full, print the ROUGE table
+#   make demo    set up .venv, build the offline demo, train T5 LoRA and full and a decoder-only LoRA, print the ROUGE table
 #   make test    set up .venv, run the whole test suite (unit + multi-process integration)
 PYTHON ?= python3
 VENV := .venv
@@ -27,15 +27,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m sumtune.demo --out demo
+	$(BIN)/python -m sumtune_demo --out demo
 	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_lora.yaml overwrite=true
 	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_full.yaml overwrite=true
+	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_causal_lora.yaml overwrite=true
 	$(CPU_LAUNCH) eval/evaluate.py --config configs/train/demo_lora.yaml --out outputs/demo-eval --overwrite \
 		--candidate zero-shot=demo/model --candidate one-shot=demo/model,shots=1 --candidate few-shot=demo/model,shots=3 \
-		--candidate lora=outputs/demo-lora --candidate full=outputs/demo-full
+		--candidate lora=outputs/demo-lora --candidate full=outputs/demo-full \
+		--candidate causal-zero-shot=demo/causal --candidate causal-lora=outputs/demo-causal-lora
 
 test: $(STAMP)
-	$(BIN)/ruff check sumtune train eval tests bench
+	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench
 	$(BIN)/python -m pytest -q
 
 # The performance benchmark (not a test: about 10 minutes on 2 cores); writes bench/results.md.
@@ -43,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sumtune train eval tests bench
+	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench
 
 clean:
 	rm -rf outputs demo wandb

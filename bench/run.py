@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench/results"))
     args = parser.parse_args()
 
-    subprocess.run([sys.executable, "-m", "sumtune.demo", "--out", str(REPO / "demo")], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "sumtune_demo", "--out", str(REPO / "demo")], cwd=REPO, check=True,
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     WORK.mkdir(parents=True, exist_ok=True)
     base = {"model": str(REPO / "demo/model"), "data": str(REPO / "demo/data"), "out": str(WORK), "steps": args.steps,

@@ -2,7 +2,7 @@
 
 Each worker prints one JSON line (prefixed ``RESULT``) for ``bench/run.py``. Kinds:
 
-- ``sumtune``: sumtune's own training (``sumtune.finetune.run``, what train/finetune.py calls).
+- ``sumtune``: sumtune's own training (``sumtune.recipes.finetune.run``, what train/finetune.py calls).
 - ``hf``: the same model, features, batch, learning rate and steps through
   ``transformers.Seq2SeqTrainer`` (its defaults, or ``train_sampling_strategy=group_by_length``).
 - ``generate``: the three generation strategies (data-order batches, length-sorted batches, the
@@ -36,7 +36,7 @@ def rss_mib() -> float:
 
 
 class TrainingMemory:
-    """Resident memory while ``sumtune.loop.fit`` runs, sampled every 5 ms by a thread: what
+    """Resident memory while ``sumtune.recipes.finetune.fit`` runs, sampled every 5 ms by a thread: what
     training adds (gradients, optimizer states, activations) on top of the loaded model,
     without the peaks of loading or saving."""
 
@@ -94,7 +94,7 @@ def heldout_loss(model, features: list[dict], collate, batch_size: int = 32) -> 
     computes its validation loss."""
     from accelerate import Accelerator
 
-    from sumtune.loop import validation_loss
+    from sumtune.engine import validation_loss
 
     batches = (collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size))
     from sumtune import families
@@ -116,12 +116,13 @@ def tail_loss(losses: list[float]) -> float:
 
 
 def run_sumtune(args: dict) -> dict:
-    from sumtune import data, finetune, loop, models
+    from sumtune import data, models
+    from sumtune.recipes import finetune
 
     cfg = bench_config(args)
     memory = TrainingMemory()
     if args.get("sample_memory"):  # only in the memory runs: the sampling thread costs training time
-        loop.fit = memory.wrap(loop.fit)
+        finetune.fit = memory.wrap(finetune.fit)  # run() looks fit up in its module at call time
     metrics = finetune.run(cfg)
     log = [json.loads(x) for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
     tokenizer = models.load_tokenizer(str(cfg.run_dir))

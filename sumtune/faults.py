@@ -101,7 +101,7 @@ def during(kind: str, step: int, calls: int = 300):
 
 def arm() -> None:
     """Install the hooks for the points that live in code this module does not own (the training
-    step and the validation-loss pass are in loop.fit). Nothing happens unless they are named."""
+    step and the validation-loss pass are in sumtune.engine). Nothing happens unless they are named."""
     global _armed
     spec = _spec()
     if _armed or spec is None or spec[0] not in ("step", "val"):

@@ -9,7 +9,7 @@ On CPU (the demo): ACCELERATE_USE_CPU=true accelerate launch \
 
 from sumtune.cli import config_parser, parse, run_main
 from sumtune.config import load_config
-from sumtune.finetune import run
+from sumtune.recipes.finetune import run
 
 
 def main() -> None:

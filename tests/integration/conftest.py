@@ -12,7 +12,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """A small demo build: same code path as `make demo`, fewer rows and pre-training steps."""
-    from sumtune.demo import build
+    from sumtune_demo import build
 
     out = tmp_path_factory.mktemp("demo")
     paths = build(out, seed=1, sizes={"train": 160, "validation": 24, "test": 30}, pretrain_steps=8, vocab_size=400)

@@ -39,10 +39,11 @@ def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 
-def run_overrides(demo, tmp: Path, name: str, method: str, steps: int = 6) -> list[str]:
+def run_overrides(demo, tmp: Path, name: str, method: str, steps: int = 6, model: str = "model") -> list[str]:
+    """A short run on the demo build; ``model``: "model" (the T5) or "causal" (the decoder-only one)."""
     data = demo["data"]
     return [
-        f"run_name={name}", f"output_dir={tmp}", f"model.name_or_path={demo['model']}", f"model.method={method}",
+        f"run_name={name}", f"output_dir={tmp}", f"model.name_or_path={demo[model]}", f"model.method={method}",
         "data.source=local",
         f"data.files={{train: {data}/train.jsonl, validation: {data}/validation.jsonl, test: {data}/test.jsonl}}",
         "data.max_source_length=192", "data.max_target_length=48",
@@ -110,3 +111,32 @@ def stop(proc: subprocess.Popen, pid_dir: Path, wait_s: float = 5) -> list[int]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return stop_workers(pid_dir, wait_s=wait_s)
+
+
+def wait_for(condition, proc, what: str, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def run_into_fault(args: list[str], fault: str, pid_dir: Path, config: str = "cpu_2proc.yaml",
+                   launcher_args: tuple = ()) -> str:
+    """Run with SUMTUNE_FAULT=fault until a worker kills itself there. Fails unless the fault fired
+    (its marker), the run failed, and the launcher left no worker behind. Returns the output."""
+    kind, step = fault.split("@")[0].split(":")
+    for old in pid_dir.glob("fault-*"):
+        old.unlink()
+    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, launcher_args=launcher_args,
+                 env={"SUMTUNE_FAULT": fault})
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        strays = stop(proc, pid_dir)
+    assert list(pid_dir.glob(f"fault-{kind}-{step}.rank*")), f"the fault {fault} never fired\n{out[-4000:]}"
+    assert proc.returncode != 0, out[-4000:]
+    assert strays == [], "workers outlived the launcher"
+    return out

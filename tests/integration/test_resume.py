@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DEEPSPEED_ON_CPU, check, launch, read_jsonl, run_overrides, start, stop
+from helpers import DEEPSPEED_ON_CPU, check, launch, read_jsonl, run_into_fault, run_overrides, start, stop, wait_for
 
 from sumtune import checkpoints
 
@@ -127,33 +127,6 @@ def fault_overrides(demo, tmp: Path, name: str, method: str = "full", steps: int
     return [*base, "train.log_every=1", "train.eval_every=5", f"train.rouge_every={rouge_every}",
             "train.rouge_examples=16", f"train.checkpoint_every={checkpoint_every}", "train.keep_checkpoints=2",
             "tracker.backend=none"]
-
-
-def wait_for(condition, proc, what: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run ended before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def run_into_fault(args: list[str], fault: str, pid_dir: Path, config: str = "cpu_2proc.yaml",
-                   launcher_args: tuple = ()) -> str:
-    """Run with SUMTUNE_FAULT=fault until a worker kills itself there. Fails unless the fault fired
-    (its marker), the run failed, and the launcher left no worker behind. Returns the output."""
-    kind, step = fault.split("@")[0].split(":")
-    for old in pid_dir.glob("fault-*"):
-        old.unlink()
-    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, launcher_args=launcher_args,
-                 env={"SUMTUNE_FAULT": fault})
-    try:
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        strays = stop(proc, pid_dir)
-    assert list(pid_dir.glob(f"fault-{kind}-{step}.rank*")), f"the fault {fault} never fired\n{out[-4000:]}"
-    assert proc.returncode != 0, out[-4000:]
-    assert strays == [], "workers outlived the launcher"
-    return out
 
 
 def weights(run: Path) -> dict:

@@ -74,8 +74,9 @@ def test_two_ranks_train_on_the_length_grouped_batches_dealt_round_robin(runs, d
 def test_validation_loss_counts_every_example_once_across_two_ranks(runs, demo):
     """Accelerate repeats examples so that both ranks get 3 batches of 4 (24 for 21);
     gather_for_metrics drops the repeats: the loss is the token-weighted mean over the 21."""
-    from sumtune import data, loop, models
+    from sumtune import data, models
     from sumtune.config import load_config
+    from sumtune.engine import validation_loss
 
     saved = load_config(runs["full"] / "sumtune_config.yaml")
     tokenizer = models.load_tokenizer(str(runs["full"]))
@@ -85,7 +86,7 @@ def test_validation_loss_counts_every_example_once_across_two_ranks(runs, demo):
     feats, _ = data.encode_records(records, tokenizer, saved.data, family)
     from accelerate import Accelerator
 
-    direct = loop.validation_loss(Accelerator(cpu=True), model, [data.make_collator(tokenizer)(feats)], family)
+    direct = validation_loss(Accelerator(cpu=True), model, [data.make_collator(tokenizer)(feats)], family)
     assert json.loads((runs["full"] / "metrics.json").read_text())["val_loss"] == pytest.approx(direct, rel=1e-5)
 
 

@@ -119,7 +119,7 @@ def test_pad_collator_matches_transformers_seq2seq_collator():
 
     feats = [{"input_ids": list(range(3, 3 + n)), "labels": list(range(5, 5 + m))} for n, m in [(4, 2), (7, 5), (1, 1)]]
     ours = PadCollator(0)(feats)
-    from sumtune.demo import _train_tokenizer
+    from sumtune_demo import _train_tokenizer
 
     tok = _train_tokenizer(["a b c d e f g h i j k l m n o p"] * 20, 60)
     ref = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True, return_tensors="pt")(

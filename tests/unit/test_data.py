@@ -98,7 +98,7 @@ def test_csv_missing_column_names_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from sumtune.demo import _train_tokenizer
+    from sumtune_demo import _train_tokenizer
 
     texts = ["Anna: shall we meet at the library at 5 pm on Friday?", "Tom: yes, I will bring the notes.",
              "Summarize the following conversation. Summary:"] * 30

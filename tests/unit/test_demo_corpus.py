@@ -1,4 +1,4 @@
-"""Tests for sumtune.demo_corpus (synthetic dialogue-summarisation corpus)."""
+"""Tests for sumtune_demo.corpus (synthetic dialogue-summarisation corpus)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from sumtune import demo_corpus as dc
+from sumtune_demo import corpus as dc
 
 SPLITS = ("train", "validation", "test")
 SMALL = {"train": 60, "validation": 10, "test": 10}
@@ -326,8 +326,8 @@ def test_demo_tokenizer_is_the_same_in_every_process(tmp_path):
 
     code = (
         "import sys\n"
-        "from sumtune.demo import _train_tokenizer\n"
-        "from sumtune.demo_corpus import make_corpus\n"
+        "from sumtune_demo import _train_tokenizer\n"
+        "from sumtune_demo.corpus import make_corpus\n"
         "c = make_corpus(3, {'train': 300, 'validation': 0, 'test': 0})['train']\n"
         "t = _train_tokenizer([r['dialogue'] for r in c] + [r['summary'] for r in c], 400)\n"
         "open(sys.argv[1], 'w').write(t.backend_tokenizer.to_str())\n"

@@ -17,8 +17,8 @@ ENDS: list[int] = []  # see varied_ends; set by the fixture
 def tiny():
     """A random tiny FLAN-T5-shaped model and prompts of many lengths (8 to 160 tokens)."""
     from sumtune.data import PromptEncoder
-    from sumtune.demo import _tiny_t5, _train_tokenizer
-    from sumtune.demo_corpus import make_corpus
+    from sumtune_demo import _tiny_t5, _train_tokenizer
+    from sumtune_demo.corpus import make_corpus
 
     rows = make_corpus(seed=3, sizes={"train": 60, "validation": 0, "test": 0})["train"]
     tok = _train_tokenizer([r["dialogue"] + " " + r["summary"] for r in rows], 200)

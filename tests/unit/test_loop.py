@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sumtune.config import TrainConfig
-from sumtune.loop import make_optimizer, plan_steps
+from sumtune.engine import make_optimizer, plan_steps
 
 
 def test_plan_by_epochs():
@@ -76,8 +76,8 @@ def test_meter_counts_real_tokens_padding_and_leaves_out_time_set_aside():
     import torch
     from accelerate import Accelerator
 
+    from sumtune.engine import Meter
     from sumtune.families import Seq2SeqFamily
-    from sumtune.loop import Meter
 
     meter = Meter(Accelerator(cpu=True), Seq2SeqFamily("t5"))
     batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
@@ -100,8 +100,8 @@ def test_a_logging_window_carried_through_a_checkpoint_logs_what_an_unbroken_one
     import torch
     from accelerate import Accelerator
 
+    from sumtune.engine import Meter
     from sumtune.families import Seq2SeqFamily
-    from sumtune.loop import Meter
 
     def batch(n):
         return {"input_ids": torch.zeros(n, 4, dtype=torch.long), "attention_mask": torch.ones(n, 4, dtype=torch.long),

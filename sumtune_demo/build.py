@@ -1,7 +1,7 @@
 """The offline demo: synthetic dialogues, a tokenizer trained on them, a tiny pretrained T5 and a
 tiny pretrained decoder-only (Llama-style) model.
 
-    python -m sumtune.demo --out demo     # builds demo/data, demo/model (T5), demo/causal (cached)
+    python -m sumtune_demo --out demo     # builds demo/data, demo/model (T5), demo/causal (cached)
 
 Both base models are pre-trained briefly on the TRAIN split's text only (dialogues and, as separate
 documents, summaries): the T5 by denoising (text infilling), the decoder-only model by next-token
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from sumtune.demo_corpus import SPLIT_SIZES, write_corpus
 from sumtune.errors import SumtuneError
+from sumtune_demo.corpus import SPLIT_SIZES, write_corpus
 
 BUILD_VERSION = 4
 SENTINELS = 16
@@ -147,8 +147,9 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir
     for the T5, next-token prediction after a BOS for the decoder-only model; each document alone."""
     from accelerate import Accelerator
 
-    from sumtune import data, families, loop, tracking
+    from sumtune import data, engine, families, tracking
     from sumtune.config import TrainConfig
+    from sumtune.recipes import finetune
 
     rng = random.Random(seed)
     family = families.of_model(model)
@@ -161,24 +162,24 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir
     cfg = TrainConfig(lr=lr, weight_decay=0.01, warmup_steps=min(30, steps // 10), max_steps=steps,
                       per_device_batch_size=32, log_every=max(1, steps // 10), seed=seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    plan = loop.plan_steps(len(feats), 1, cfg)
+    plan = engine.plan_steps(len(feats), 1, cfg)
     dl = torch.utils.data.DataLoader(feats, batch_size=cfg.per_device_batch_size, shuffle=True,
                                      collate_fn=data.make_collator(tokenizer),
                                      generator=torch.Generator().manual_seed(seed))
-    optimizer, scheduler = loop.make_optimizer(model, cfg, plan)
+    optimizer, scheduler = engine.make_optimizer(model, cfg, plan)
     model, optimizer, dl = accelerator.prepare(model, optimizer, dl)
     log = tracking.RunLog(accelerator, log_dir / f"{name}_log.jsonl")
-    metrics = loop.fit(accelerator, model, optimizer, scheduler, dl, None, plan, cfg, log, family)
+    metrics = finetune.fit(accelerator, model, optimizer, scheduler, dl, None, plan, cfg, log, family)
     return {f"{name}_steps": steps, f"{name}_loss": metrics["train_loss"], f"{name}_documents": len(feats)}
 
 
 def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pretrain_steps: int = 200,
           vocab_size: int = 800, force: bool = False, causal_steps: int | None = None) -> dict[str, Path]:
     """Build (or reuse) demo/data/{train,validation,test}.jsonl, demo/model (T5) and demo/causal
-    (the decoder-only model; ``causal_steps`` of pre-training, by default 2x ``pretrain_steps``)."""
+    (the decoder-only model; ``causal_steps`` of pre-training, by default as many as the T5's)."""
     out = Path(out)
     sizes = dict(sizes or SPLIT_SIZES)
-    causal_steps = 2 * pretrain_steps if causal_steps is None else causal_steps
+    causal_steps = pretrain_steps if causal_steps is None else causal_steps
     stamp = {"version": BUILD_VERSION, "seed": seed, "sizes": sizes, "pretrain_steps": pretrain_steps,
              "vocab_size": vocab_size, "causal_steps": causal_steps}
     stamp_file = out / "build.json"
@@ -217,7 +218,7 @@ def main() -> None:
     parser.add_argument("--out", default="demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=200)
-    parser.add_argument("--causal-steps", type=int, default=None, help="decoder-only pre-training (default 2x)")
+    parser.add_argument("--causal-steps", type=int, default=None, help="decoder-only pre-training steps (default: --pretrain-steps)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
     args = parser.parse_args()
     paths = build(args.out, seed=args.seed, pretrain_steps=args.pretrain_steps, force=args.force,

@@ -22,7 +22,7 @@ Only the Python standard library is used, and all randomness comes from
 ``random.Random`` instances seeded from ``seed`` (never the global RNG), so
 the same seed always yields byte-identical files.
 
-Command line: ``python -m sumtune.demo_corpus OUT_DIR [--seed N]``.
+Command line: ``python -m sumtune_demo.corpus OUT_DIR [--seed N]``.
 """
 
 from __future__ import annotations

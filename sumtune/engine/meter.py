@@ -1,0 +1,133 @@
+"""Loss and throughput of the training batches, per logging window and over the run."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+
+import torch
+
+
+@dataclass
+class Counts:
+    """Sums over a span of training batches (one rank's, or every rank's once reduced).
+
+    The field order is the order of the list that checkpoints written before the fields had names
+    hold (``trainer_state.json``, ``position.window``): ``restore`` still reads that list."""
+
+    loss: float = 0.0  # sum of the batches' mean losses
+    batches: float = 0.0
+    real_tokens: float = 0.0  # each token once (a causal summary is inside its input)
+    samples: float = 0.0
+    positions: float = 0.0  # token positions, padding included
+    seconds: float = 0.0  # training time, time set aside excluded
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def add(self, other: Counts) -> None:
+        for name in self.names():
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def reduced(self, accelerator) -> Counts:
+        """Summed over ranks (a collective), time averaged over them: the one all-reduce, packed and
+        unpacked here only."""
+        packed = torch.tensor(astuple(self), dtype=torch.float64).to(accelerator.device)
+        total = Counts(*accelerator.reduce(packed, reduction="sum").cpu().tolist())
+        total.seconds /= accelerator.num_processes
+        return total
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names(), astuple(self)))
+
+    @classmethod
+    def read(cls, carried: dict | list) -> Counts:
+        """From a checkpoint: the named form (``as_dict``) or the older list of 6 floats."""
+        if isinstance(carried, dict):
+            return cls(**{name: float(carried[name]) for name in cls.names()})
+        return cls(*map(float, carried))
+
+
+class Meter:
+    """Loss and throughput of the training batches, per logging window and over the run.
+
+    The loss sum, batch count and real-token count stay on the device (no host sync per batch);
+    samples and token positions (padding included) are known on the host from the shapes. Time
+    spent validating or checkpointing (inside ``aside()``) does not count as training time.
+    ``window()``, ``carry()`` and ``run()`` are collectives: every rank calls them at the same steps.
+    """
+
+    def __init__(self, accelerator, family):
+        self.acc = accelerator
+        self.family = family
+        zero = lambda: torch.zeros((), device=accelerator.device, dtype=torch.float64)  # noqa: E731
+        self.loss, self.batches, self.real_tokens = zero(), zero(), zero()  # this window, on the device
+        self.samples = self.positions = 0  # this window, on the host
+        self.total = Counts()  # this rank's closed windows (loss and batches unused)
+        self.started, self.paused = time.perf_counter(), 0.0
+
+    def add(self, batch: dict, loss: torch.Tensor) -> None:
+        self.loss += loss.detach()
+        self.batches += 1
+        real, positions = self.family.count(batch)  # each token once (a causal summary is inside its input)
+        self.real_tokens += real
+        self.samples += batch["input_ids"].shape[0]
+        self.positions += positions
+
+    @contextmanager
+    def aside(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
+    def _mine(self) -> Counts:
+        """This rank's window so far (one host sync for the three device sums)."""
+        loss, batches, real = torch.stack([self.loss, self.batches, self.real_tokens]).cpu().tolist()
+        seconds = time.perf_counter() - self.started - self.paused
+        return Counts(loss, batches, real, float(self.samples), float(self.positions), seconds)
+
+    def _close(self) -> Counts:
+        """This rank's window (``_mine``), added to the run's totals; the next window starts."""
+        mine = self._mine()
+        mine.seconds = max(mine.seconds, 1e-9)
+        self.total.add(mine)
+        for sum_ in (self.loss, self.batches, self.real_tokens):
+            sum_.zero_()
+        self.samples = self.positions = 0
+        self.started, self.paused = time.perf_counter(), 0.0
+        return mine
+
+    def carry(self) -> dict[str, float]:
+        """This logging window so far, summed over ranks (a collective), for a checkpoint: a run
+        resumed between two logging steps then logs the same average as an uninterrupted one."""
+        return self._mine().reduced(self.acc).as_dict()
+
+    def restore(self, carried: dict | list) -> None:
+        """Continue the window ``carry()`` saved (or, from an older checkpoint, its list of 6 floats)."""
+        window = Counts.read(carried)
+        self.started -= window.seconds  # every rank: window time is averaged over ranks
+        if self.acc.is_main_process:  # the sums over ranks are carried once
+            for sum_, value in ((self.loss, window.loss), (self.batches, window.batches),
+                                (self.real_tokens, window.real_tokens)):
+                sum_ += value
+            self.samples, self.positions = int(window.samples), int(window.positions)
+
+    def window(self) -> dict:
+        t = self._close().reduced(self.acc)
+        return {"loss": t.loss / t.batches, "tokens_per_s": t.real_tokens / t.seconds,
+                "samples_per_s": t.samples / t.seconds, "real_token_share": t.real_tokens / max(t.positions, 1.0)}
+
+    def run(self) -> dict:
+        """Throughput of the training steps of this launch (a resumed run counts from where it
+        resumed), validation and checkpoints excluded."""
+        if self.samples:  # batches after the last logging step (a stop before total_steps)
+            self._close()
+        t = self.total.reduced(self.acc)
+        seconds = max(t.seconds, 1e-9)
+        return {"real_tokens": int(t.real_tokens), "token_positions": int(t.positions), "samples": int(t.samples),
+                "seconds": round(seconds, 3), "real_tokens_per_s": round(t.real_tokens / seconds, 1),
+                "samples_per_s": round(t.samples / seconds, 2), "real_token_share": round(t.real_tokens / max(t.positions, 1.0), 4)}

@@ -1,0 +1,97 @@
+"""Step arithmetic, the optimizer and its learning-rate schedule: the same for every recipe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sumtune.config import TrainConfig
+from sumtune.data import batches_per_rank
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    examples: int
+    num_processes: int
+    per_device_batch_size: int
+    grad_accum: int
+    effective_batch: int
+    batches_per_rank_per_epoch: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.examples} examples | effective batch {self.effective_batch} = "
+            f"{self.per_device_batch_size} per device x {self.num_processes} processes x "
+            f"{self.grad_accum} accumulation | {self.steps_per_epoch} optimizer steps per epoch | "
+            f"{self.total_steps} steps over {self.epochs} epoch(s) | warmup {self.warmup_steps}"
+        )
+
+
+def plan_steps(examples: int, num_processes: int, cfg: TrainConfig) -> StepPlan:
+    """All step arithmetic in one place. An optimizer step is taken every ``grad_accum`` batches
+    and at the end of each epoch (Accelerate syncs on the last batch of a dataloader)."""
+    per_rank = batches_per_rank(examples, cfg.per_device_batch_size, num_processes)
+    steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
+    if cfg.max_steps > 0:
+        total = cfg.max_steps
+        epochs = math.ceil(total / steps_per_epoch)
+    else:
+        epochs = cfg.epochs
+        total = steps_per_epoch * epochs
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
+    return StepPlan(
+        examples=examples,
+        num_processes=num_processes,
+        per_device_batch_size=cfg.per_device_batch_size,
+        grad_accum=cfg.grad_accum,
+        effective_batch=cfg.per_device_batch_size * num_processes * cfg.grad_accum,
+        batches_per_rank_per_epoch=per_rank,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+    )
+
+
+def _fused_adamw(params: list) -> bool | None:
+    """The fused AdamW kernel (one pass over all tensors: on CPU several times cheaper per step than
+    the per-tensor loop torch picks there by default), except under DeepSpeed, which steps the
+    optimizer on its own flattened partitions."""
+    from sumtune.distributed import uses_deepspeed
+
+    if uses_deepspeed():
+        return None
+    ok = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+    return True if ok and params else None
+
+
+def make_optimizer(model, cfg: TrainConfig, plan: StepPlan):
+    """AdamW without decay on biases and norms; linear warmup then linear decay to 0.
+
+    The scheduler is stepped once per optimizer step by ``engine.OptimizerStep`` and is NOT passed
+    to ``accelerator.prepare``: Accelerate's wrapper steps it once per process, which would make the
+    schedule depend on the number of processes.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=_fused_adamw(decay + no_decay))
+
+    def factor(step: int) -> float:
+        if step < plan.warmup_steps:
+            return (step + 1) / (plan.warmup_steps + 1)
+        remaining = plan.total_steps - plan.warmup_steps
+        return max(0.0, (plan.total_steps - step) / max(1, remaining))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

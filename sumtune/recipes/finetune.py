@@ -1,0 +1,203 @@
+"""Supervised fine-tuning: setup -> fit -> save, for every method (full, LoRA, k-bit LoRA: one loop
+over different models). ``train/finetune.py`` is the thin entry point; what every recipe shares
+(resume, checkpoints, preemption, the optimizer step, the meter) is in ``sumtune.engine``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+import torch
+
+from sumtune import data, models, tracking
+from sumtune.config import RunConfig, TrainConfig
+from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
+from sumtune.engine import (
+    Meter,
+    OptimizerStep,
+    Position,
+    RunContext,
+    StepPlan,
+    make_optimizer,
+    plan_steps,
+    validation_loss,
+)
+from sumtune.tracking import RunLog
+from sumtune.validation import RougeValidator
+
+
+def run(cfg: RunConfig) -> dict:
+    ctx = RunContext(cfg)  # output-dir and resume checks, before anything loads
+    check_deepspeed_config(cfg)
+    models.check_model_source(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    # The family (seq2seq or causal) is read from config.json: a model of neither fails here, before weights load.
+    family = models.model_family(cfg.model.name_or_path, cfg.model)
+    models.check_precision(family, os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+    models.check_quantization(cfg.model.quantization, deepspeed_stage())
+
+    def read_splits():
+        return (data.load_split(cfg.data, "train", cfg.data.max_train_examples),
+                data.load_split(cfg.data, "validation", cfg.data.max_eval_examples))
+
+    # Local files are read now, so a bad file or row is reported before minutes of model loading;
+    # hub datasets once the Accelerator exists, the main process first (it downloads).
+    splits = read_splits() if cfg.data.source == "local" else None
+
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    # The model is built before the Accelerator: under ZeRO-3 a model created after it loses
+    # FLAN-T5's untied lm_head (docs/ARCHITECTURE.md).
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, family)
+    base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code,
+                             family)
+    model = models.apply_method(base, cfg.model, family)
+    accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
+    say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
+
+    if splits is None:
+        with accelerator.main_process_first():
+            splits = read_splits()
+    (train_records, train_read), (val_records, val_read) = splits
+    train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data, family)
+    val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data, family)
+    say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped")
+    say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped")
+
+    plan = plan_steps(len(train_feats), accelerator.num_processes, cfg.train)
+    say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}")
+    say(f"plan: {plan.describe()}")
+    trainable, total = models.count_parameters(model)
+    quant = f", base in {cfg.model.quantization}" if cfg.model.quantization != "none" else ""
+    say(f"model: {family.name} family ({family.model_type}); method {cfg.model.method}{quant}: {trainable:,} of {total:,} "
+        "parameters trainable")
+
+    collate = data.make_collator(tokenizer)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    train_lengths = data.example_lengths(train_feats, family)
+    train_dl = data.train_loader(train_feats, train_lengths, cfg.train, collate, generator)
+    say(data.batching_report(train_lengths, cfg.train, cfg.train.seed))
+    val_dl = data.validation_loader(val_feats, data.example_lengths(val_feats, family), cfg.train, collate,
+                                    accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(model, cfg.train, plan)
+    model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+    # The scheduler is stepped by the optimizer step, not by Accelerate (see engine.make_optimizer),
+    # so it is registered for save_state/load_state by hand.
+    accelerator.register_for_checkpointing(scheduler)
+
+    validator = RougeValidator(accelerator, tokenizer, val_records, cfg, family) if cfg.train.rouge_every else None
+    start = ctx.begin(accelerator, extras={"validator": validator})  # resume, config, tracker, log, signals
+    started = time.perf_counter()
+    metrics = fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, ctx.log, family, validator,
+                  checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption)
+    if metrics.get("preempted"):
+        ctx.exit_preempted(metrics["step"], metrics["checkpoint"])  # exits with 75
+    if validator:
+        metrics.update(validator.summary())
+        say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")
+    metrics.update(
+        family=family.name,
+        model_type=family.model_type,
+        method=cfg.model.method,
+        quantization=cfg.model.quantization,
+        base_model=cfg.model.name_or_path,
+        train_seconds=round(time.perf_counter() - started, 2),
+        trainable_parameters=trainable,
+        total_parameters=total,
+        num_processes=accelerator.num_processes,
+        world_size=world_size(),
+        truncated={"train": vars(train_enc), "validation": vars(val_enc)},
+    )
+    ctx.save(model, tokenizer, metrics)
+    tracking.set_summary(accelerator, {"final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss"),
+                                       **({k: v for k, v in metrics.items() if k.startswith("best_")})})
+    speed = metrics["throughput"]
+    say(f"training steps: {speed['real_tokens_per_s']:,.0f} real tokens/s, {speed['samples_per_s']:.1f} samples/s, "
+        f"{speed['real_token_share']:.1%} of token positions real")
+    say(f"saved {cfg.run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f})")
+    ctx.finish()  # several processes: exits here, after everything is saved
+    return metrics
+
+
+def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
+        family, validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None,
+        checkpoint: Callable[[int, dict], str] | None = None, start: Position | None = None,
+        generator: torch.Generator | None = None, preemption=None, hook: Callable[[int], None] | None = None) -> dict:
+    """Train until ``plan.total_steps`` optimizer steps; returns the final metrics.
+
+    ``validate(model, step)`` (ROUGE on validation data) runs every ``cfg.rouge_every`` steps and
+    at the end; it may ask to stop early, which every rank must agree on. ``checkpoint(step,
+    position)`` runs every ``cfg.checkpoint_every`` steps and at the end. ``start`` resumes from
+    a checkpoint's position; ``generator`` is the training data's shuffling generator. When
+    ``preemption`` (sumtune.preemption.Preemption) was signalled on any rank, the loop
+    checkpoints at the step boundary and returns with ``preempted`` set. ``hook(step)`` runs on
+    each optimizer step (engine.OptimizerStep).
+    """
+    from tqdm.auto import tqdm
+
+    pos = start or Position()
+    bar = tqdm(total=plan.total_steps, initial=pos.step, disable=not accelerator.is_main_process, desc="train",
+               dynamic_ncols=True)
+    step, epoch, skip, resume_generator = pos.step, pos.epoch, pos.batches_in_epoch, pos.generator_state
+    stopped_early = preempted = False
+    forward = lambda batch: model(**batch, use_cache=False).loss  # noqa: E731 (no KV cache to build in training)
+    optimizer_step = OptimizerStep(accelerator, model, optimizer, scheduler, cfg.max_grad_norm, forward, hook)
+    meter = Meter(accelerator, family)
+    if pos.window:
+        meter.restore(pos.window)
+    grad_norm, last = torch.tensor(0.0), {}
+    model.train()
+    while step < plan.total_steps and not (stopped_early or preempted):
+        if generator is not None:
+            if resume_generator is not None:
+                generator.set_state(torch.tensor(resume_generator, dtype=torch.uint8))
+                resume_generator = None
+            epoch_generator = generator.get_state().tolist()
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        batches_in_epoch, skip = skip, 0
+        for batch in loader:
+            batches_in_epoch += 1
+            result = optimizer_step(batch, step)
+            meter.add(batch, result.loss)
+            if not result.stepped:
+                continue
+            step, grad_norm = step + 1, result.grad_norm
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == plan.total_steps:
+                last = {"epoch": round(step / plan.steps_per_epoch, 4), "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm), **meter.window()}
+                log.log(last, step=step)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+            with meter.aside():  # validation and checkpoints are not training time
+                if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
+                    log.log({"val_loss": validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)}, step=step)
+                if validate and (step % cfg.rouge_every == 0 or step == plan.total_steps):
+                    scores, stop = validate(model, step)
+                    log.log(scores, step=step)
+                    if stop:
+                        accelerator.set_trigger()
+                    # A collective: every rank validates at the same steps, so every rank gets here.
+                    if accelerator.check_trigger():
+                        stopped_early = True
+            preempted = preemption is not None and preemption.agreed(accelerator)
+            if checkpoint and (preempted or cfg.checkpoint_every and (
+                    step % cfg.checkpoint_every == 0 or step == plan.total_steps or stopped_early)):
+                where = Position(step, epoch, batches_in_epoch, epoch_generator if generator is not None else None,
+                                 meter.carry())
+                with meter.aside():
+                    optimizer_step.last_checkpoint = checkpoint(step, asdict(where))
+            if step >= plan.total_steps or stopped_early or preempted:
+                break
+        else:
+            epoch += 1
+    bar.close()
+    final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early, "throughput": meter.run()}
+    if preempted:
+        return {**final, "preempted": True, "checkpoint": optimizer_step.last_checkpoint}
+    if val_dl is not None:
+        final["val_loss"] = validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)
+        log.log({"val_loss": final["val_loss"]}, step=step)
+    final["plan"] = asdict(plan)
+    return final

@@ -1,0 +1,3 @@
+from sumtune_demo.build import main
+
+main()

@@ -1,0 +1,198 @@
+"""Every model family through the whole path: tiny random Llama, Qwen2, Mistral, Gemma, Phi, BART
+and a FLAN-T5-shaped T5 (untied lm_head) each train 2 steps, are evaluated, and their run folders
+load with plain transformers/peft; the decoder-only demo model computes under DDP, ZeRO-2 and
+ZeRO-3 what one process computes, and resumes exactly after a kill; a T5 with its own lm_head
+saved under ZeRO-3 reloads with both matrices."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault, run_overrides
+
+sys.path.insert(0, str(REPO / "tests"))
+import zoo  # noqa: E402
+
+PY = [sys.executable]
+ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def zoo_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    return {**zoo.build_zoo(root), "data": zoo.write_data(root / "data")}
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([*PY, str(REPO / script), *args], cwd=REPO, env={**os.environ, **ENV}, capture_output=True,
+                          text=True, timeout=600)
+
+
+def zoo_overrides(models, tmp: Path, arch: str, method: str) -> list[str]:
+    data = models["data"]
+    return [f"run_name={arch}-{method}", f"output_dir={tmp}", f"model.name_or_path={models[arch]}",
+            f"model.method={method}", "data.source=local",
+            f"data.files={{train: {data}/train.jsonl, validation: {data}/validation.jsonl, test: {data}/test.jsonl}}",
+            "data.max_source_length=160", "data.max_target_length=40", "data.max_eval_examples=6",
+            "train.max_steps=2", "train.per_device_batch_size=4", "train.log_every=1", "train.lr=1e-3",
+            "train.warmup_steps=0", "generation.max_new_tokens=8", "generation.batch_size=4", "tracker.backend=none"]
+
+
+def _plain_load(arch: str, folder: Path, lora: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    cls = AutoModelForCausalLM if arch in zoo.CAUSAL else AutoModelForSeq2SeqLM
+    if not lora:
+        return cls.from_pretrained(folder)
+    from peft import PeftModel
+
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return PeftModel.from_pretrained(cls.from_pretrained(base), folder)
+
+
+CASES = [(arch, "lora") for arch in zoo.ARCHITECTURES] + [("bart", "full"), ("t5", "full"), ("llama", "full")]
+
+
+@pytest.mark.parametrize("arch, method", CASES, ids=[f"{a}-{m}" for a, m in CASES])
+def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arch, method, zoo_models, tmp_path):
+    from sumtune import families
+
+    proc = check(run_script("train/finetune.py", *zoo_overrides(zoo_models, tmp_path, arch, method)))
+    family = "causal" if arch in zoo.CAUSAL else "seq2seq"
+    assert f"model: {family} family ({arch})" in proc.stdout
+    run = tmp_path / f"{arch}-{method}"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["family"], metrics["model_type"], metrics["step"]) == (family, arch, 2)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_jsonl(run / "train_log.jsonl") if "loss" in r)
+
+    out = tmp_path / "eval"
+    check(run_script("eval/evaluate.py", *zoo_overrides(zoo_models, tmp_path, arch, method), "--out", str(out),
+                     "--candidate", f"base={zoo_models[arch]}", "--candidate", f"tuned={run}"))
+    for name in ("base", "tuned"):
+        scored = json.loads((out / name / "metrics.json").read_text())
+        assert scored["examples"] == 6 and scored["family"] == family and 0 <= scored["rouge1"] <= 1
+        assert scored["generation_settings"]["max_new_tokens"] == 8
+        predictions = read_jsonl(out / name / "predictions.jsonl")
+        assert len(predictions) == 6
+        # No prompt text in what was generated.
+        assert not any("Summarize the following" in p["prediction"] for p in predictions)
+
+    reloaded = _plain_load(arch, run, lora=method == "lora").eval()
+    assert families.of_model(reloaded).name == family
+    original = _plain_load(arch, zoo_models[arch], lora=False)
+    if method == "lora":
+        trained_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+        assert trained_b and any(p.abs().sum() > 0 for p in trained_b)  # trained away from its zero init
+    else:
+        before, after = dict(original.named_parameters()), dict(reloaded.named_parameters())
+        assert any((before[k] - after[k]).abs().max() > 0 for k in before)
+        if arch == "t5":  # FLAN-T5's own lm_head survives save and reload, trained, untied
+            assert not torch.equal(after["lm_head.weight"], after["shared.weight"])
+            assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
+
+
+def test_eight_bit_causal_lora_trains_and_evaluates(zoo_models, tmp_path):
+    args = [*zoo_overrides(zoo_models, tmp_path, "llama", "lora"), "model.quantization=8bit", "run_name=llama-8bit"]
+    check(run_script("train/finetune.py", *args))
+    metrics = json.loads((tmp_path / "llama-8bit" / "metrics.json").read_text())
+    assert metrics["quantization"] == "8bit" and metrics["family"] == "causal"
+    check(run_script("eval/evaluate.py", *args, "--out", str(tmp_path / "eval"), "--candidate",
+                     f"q={tmp_path / 'llama-8bit'}"))
+    assert json.loads((tmp_path / "eval/q/metrics.json").read_text())["examples"] == 6
+
+
+# ----------------------------------------------------------------------------- the decoder-only demo model at scale
+
+TOL = 1e-5
+TWO = ("--num_processes", "2", "--mixed_precision", "no")
+CAUSAL_TOPOLOGIES = {"cpu_1proc.yaml": ((), 4, 2), "cpu_2proc.yaml": ((), 4, 1), "deepspeed_zero2.yaml": (TWO, 4, 1),
+                     "deepspeed_zero3.yaml": (TWO, 4, 1)}
+
+
+def causal_run(demo, tmp: Path, config: str) -> Path:
+    args, batch, accum = CAUSAL_TOPOLOGIES[config]
+    name = "causal-" + config.removesuffix(".yaml")
+    overrides = [o for o in run_overrides(demo, tmp, name, "full", steps=4, model="causal")
+                 if not o.startswith(("train.log_every", "train.per_device"))]
+    overrides += ["train.lr=1e-4", f"train.per_device_batch_size={batch}", f"train.grad_accum={accum}", "train.log_every=1",
+                  "train.dropout=0.0", "train.eval_every=0", "tracker.backend=none"]
+    if "zero3" in config:  # decoder-only generation in lockstep under ZeRO-3
+        overrides += ["train.rouge_every=4", "train.rouge_examples=6"]
+    check(launch("train/finetune.py", *overrides, config=config, launcher_args=args))
+    return tmp / name
+
+
+@pytest.fixture(scope="module")
+def causal_reference(demo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("causal-scale")
+    return tmp, causal_run(demo, tmp, "cpu_1proc.yaml")
+
+
+@pytest.mark.parametrize("config", ["cpu_2proc.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_causal_topology_matches_one_process_with_accumulation(config, causal_reference, demo):
+    from safetensors.torch import load_file
+
+    tmp, ref = causal_reference
+    run = causal_run(demo, tmp, config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["family"] == "causal" and metrics["plan"]["effective_batch"] == 8
+    losses = [[r["loss"] for r in read_jsonl(x / "train_log.jsonl") if "loss" in r] for x in (ref, run)]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], abs=TOL)
+    norms = [[r["grad_norm"] for r in read_jsonl(x / "train_log.jsonl") if "grad_norm" in r] for x in (ref, run)]
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert set(a) == set(b)
+    for key in a:
+        assert b[key].numel() > 0, key
+        assert (a[key] - b[key]).abs().max().item() < TOL, key
+    if "zero3" in config:
+        assert "best_val_rougeLsum" in metrics
+
+
+def test_causal_run_killed_and_resumed_ends_as_the_uninterrupted_one(demo, tmp_path):
+    """SIGKILL inside step 5 of a 2-process decoder-only LoRA run (dropout on), resume=auto: the
+    same logged losses and the same adapter as a run never interrupted."""
+    from safetensors.torch import load_file
+
+    def overrides(name, *extra):
+        base = [o for o in run_overrides(demo, tmp_path, name, "lora", steps=8, model="causal")
+                if not o.startswith(("train.log_every", "train.eval_every"))]
+        return [*base, "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=2", "tracker.backend=none",
+                *extra]
+
+    check(launch("train/finetune.py", *overrides("straight")))
+    run_into_fault(overrides("killed"), "step:5@1", tmp_path / "pids")
+    run = tmp_path / "killed"
+    assert not (run / "metrics.json").exists()
+    proc = check(launch("train/finetune.py", *overrides("killed", "resume=auto")))
+    assert "resuming from" in proc.stdout and "at step 4" in proc.stdout
+    straight = [(r["step"], r["loss"]) for r in read_jsonl(tmp_path / "straight/train_log.jsonl") if "loss" in r]
+    resumed = [(r["step"], r["loss"]) for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
+    assert [s for s, _ in resumed] == [s for s, _ in straight] == [2, 4, 6, 8]
+    assert [x for _, x in resumed] == pytest.approx([x for _, x in straight], abs=1e-6)
+    a, b = load_file(tmp_path / "straight/adapter_model.safetensors"), load_file(run / "adapter_model.safetensors")
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() <= 1e-6, key
+
+
+def test_untied_t5_saved_under_zero3_reloads_with_its_own_lm_head(zoo_models, tmp_path):
+    """FLAN-T5's lm_head is not the embedding matrix: under ZeRO-3 both are gathered and saved, and
+    the reloaded model equals the same training in one process."""
+    from safetensors.torch import load_file
+
+    def args(name, accum):
+        return [*zoo_overrides(zoo_models, tmp_path, "t5", "full"), f"run_name={name}", "train.dropout=0.0",
+                "train.lr=1e-4", f"train.grad_accum={accum}", "train.per_device_batch_size=2"]
+
+    check(launch("train/finetune.py", *args("one", 2), config="cpu_1proc.yaml"))
+    check(launch("train/finetune.py", *args("zero3", 1), config="deepspeed_zero3.yaml", launcher_args=DEEPSPEED_ON_CPU))
+    one, z3 = load_file(tmp_path / "one/model.safetensors"), load_file(tmp_path / "zero3/model.safetensors")
+    assert "lm_head.weight" in z3 and z3["lm_head.weight"].numel() > 0
+    assert not torch.equal(z3["lm_head.weight"], z3["shared.weight"])
+    for key in one:
+        assert (one[key] - z3[key]).abs().max().item() < TOL, key
