@@ -24,7 +24,7 @@ def make_accelerator(cfg: RunConfig, grad_accum: int = 1):
         os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(grad_accum)
 
     # On CPU the process group must be gloo; DeepSpeed otherwise starts alone and fails on its
-    # batch-size check (DESIGN.md). GPUs keep Accelerate's default (NCCL).
+    # batch-size check (docs/ARCHITECTURE.md). GPUs keep Accelerate's default (NCCL).
     # A single process must not get it: Accelerate would then ask a group that was never formed.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []

@@ -50,6 +50,15 @@ def test_fp16_with_t5_is_refused_before_any_work(tmp_path):
     assert "T5 overflows to NaN in fp16; use bf16" in one_error_line(proc)
 
 
+def test_an_encoder_only_model_is_refused_in_one_line_before_any_weight_loads(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()  # a config.json and no weights: the refusal must come from the config alone
+    (model / "config.json").write_text('{"model_type": "bert", "architectures": ["BertForMaskedLM"]}')
+    line = one_error_line(run("train/finetune.py", f"model.name_or_path={model}", f"output_dir={tmp_path / 'out'}"))
+    assert f"model.name_or_path: {model} is a 'bert' model, which is neither an encoder-decoder" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_needs_candidates_and_valid_specs(tmp_path):
     assert "no --candidate given" in one_error_line(run("eval/evaluate.py", "--out", str(tmp_path / "e")))
     line = one_error_line(run("eval/evaluate.py", "--candidate", "justapath", "--out", str(tmp_path / "e")))
