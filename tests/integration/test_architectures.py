@@ -96,13 +96,13 @@ def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arc
             assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
 
 
-def test_eight_bit_causal_lora_trains_and_evaluates(zoo_models, tmp_path):
-    args = [*zoo_overrides(zoo_models, tmp_path, "llama", "lora"), "model.quantization=8bit", "run_name=llama-8bit"]
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_causal_lora_trains_and_evaluates(bits, zoo_models, tmp_path):
+    args = [*zoo_overrides(zoo_models, tmp_path, "llama", "lora"), f"model.quantization={bits}", "run_name=llama-q"]
     check(run_script("train/finetune.py", *args))
-    metrics = json.loads((tmp_path / "llama-8bit" / "metrics.json").read_text())
-    assert metrics["quantization"] == "8bit" and metrics["family"] == "causal"
-    check(run_script("eval/evaluate.py", *args, "--out", str(tmp_path / "eval"), "--candidate",
-                     f"q={tmp_path / 'llama-8bit'}"))
+    metrics = json.loads((tmp_path / "llama-q" / "metrics.json").read_text())
+    assert metrics["quantization"] == bits and metrics["family"] == "causal"
+    check(run_script("eval/evaluate.py", *args, "--out", str(tmp_path / "eval"), "--candidate", f"q={tmp_path / 'llama-q'}"))
     assert json.loads((tmp_path / "eval/q/metrics.json").read_text())["examples"] == 6
 
 
