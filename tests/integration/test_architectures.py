@@ -97,8 +97,11 @@ def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arc
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
-def test_quantized_causal_lora_trains_and_evaluates(bits, zoo_models, tmp_path):
-    args = [*zoo_overrides(zoo_models, tmp_path, "llama", "lora"), f"model.quantization={bits}", "run_name=llama-q"]
+def test_quantized_causal_lora_trains_and_evaluates(bits, demo, tmp_path):
+    # The demo's decoder-only model (hidden size 192): bitsandbytes quantizes 4-bit weights in blocks
+    # of 64, which the zoo's 32-wide layers are too narrow for.
+    args = [*run_overrides(demo, tmp_path, "llama-q", "lora", steps=2, model="causal"), f"model.quantization={bits}",
+            "tracker.backend=none", "data.max_eval_examples=6"]
     check(run_script("train/finetune.py", *args))
     metrics = json.loads((tmp_path / "llama-q" / "metrics.json").read_text())
     assert metrics["quantization"] == bits and metrics["family"] == "causal"
