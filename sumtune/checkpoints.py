@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from sumtune import faults
+from sumtune import faults, methods
 from sumtune.config import RunConfig, dump_yaml, to_dict
 from sumtune.errors import DiskFullError, SumtuneError, is_disk_full
 
@@ -73,7 +73,9 @@ def save_model(accelerator, model, tokenizer, folder: Path, atomic: bool = False
         if atomic and target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(target, state_dict=state_dict, safe_serialization=True)
+        net = accelerator.unwrap_model(model)
+        net.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
+        methods.convert_saved_adapter(net, target)  # PiSSA/OLoRA: an adapter for the original base
         tokenizer.save_pretrained(target)
         for name, text in (extra_files or {}).items():
             (target / name).write_text(text, encoding="utf-8")
@@ -207,6 +209,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # behaviour of the versions without them (group_size: any value, batches were not grouped).
 KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 256, "model.trust_remote_code": False,
                     "model.family": "auto", "data.chat_template": "auto"}
+# Settings added with the method registry (2026-12): their defaults are what LoRA did before them.
+SECTIONS_ADDED_LATER = ("model.lora.rslora", "model.lora.init", "model.lora.loraplus_lr_ratio", "model.adalora.",
+                        "model.ia3.", "model.loha.", "model.lokr.", "model.vera.", "model.prompt.", "model.prefix.")
+
+
+def _added_later() -> dict:
+    defaults = _flat(to_dict(RunConfig()))
+    return {**KEYS_ADDED_LATER, **{k: v for k, v in defaults.items() if k.startswith(SECTIONS_ADDED_LATER)}}
 
 
 def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
@@ -214,10 +224,13 @@ def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
     import yaml
 
     saved = _flat(yaml.safe_load((checkpoint / CONFIG_FILE).read_text(encoding="utf-8")) or {})
-    saved = {**KEYS_ADDED_LATER, **saved}  # a checkpoint from before a key existed ran with its old behaviour
+    saved = {**_added_later(), **saved}  # a checkpoint from before a key existed ran with its old behaviour
     now = _flat(to_dict(cfg))
+    # The settings of the methods this run does not use change nothing.
+    used = methods.get(cfg.model.method).section
+    unused = tuple(f"model.{m.section}." for m in methods.METHODS.values() if m.section and m.section != used)
     differ = [k for k in sorted(set(saved) | set(now))
-              if saved.get(k) != now.get(k) and not k.startswith(RESUME_HARMLESS)]
+              if saved.get(k) != now.get(k) and not k.startswith(RESUME_HARMLESS + unused)]
     if differ:
         raise SumtuneError(
             f"cannot resume from {checkpoint}: the config differs in {', '.join(differ)}; "

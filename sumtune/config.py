@@ -22,15 +22,120 @@ import yaml
 from sumtune.errors import ConfigError
 from sumtune.prompts import TEMPLATES, resolve_template
 
+# Parameter-efficient methods (sumtune/methods.py holds the registry). Only the section of the chosen
+# model.method is read; target_modules ["auto"] means the model family's default (T5: q, k, v, o,
+# wi_0, wi_1, wo; every other model: "all-linear", every linear layer except the output head).
+
 
 @dataclass
 class LoraSettings:
+    """model.method lora and dora (DoRA: LoRA with the weight split into magnitude and direction)."""
+
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    # ["auto"]: the model family's default (T5: q, k, v, o, wi_0, wi_1, wo; every other model:
-    # "all-linear", PEFT's shortcut for every linear layer except the output head), or module names.
     target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    # Rank-stabilised scaling (rsLoRA): alpha / sqrt(r) instead of alpha / r.
+    rslora: bool = False
+    # How A and B start: "default" (A random, B zero: the model starts as the base), "gaussian", or
+    # "pissa" / "olora", which start from the base weights' principal (PiSSA: SVD; OLoRA: QR)
+    # directions and move them out of the base; the saved adapter is converted so that it applies
+    # to the original base.
+    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    # LoRA+: the B matrices learn loraplus_lr_ratio times faster than A (0: off). The LoRA+ paper
+    # suggests 16, with train.lr about half of plain LoRA's.
+    loraplus_lr_ratio: float = 0.0
+
+
+@dataclass
+class AdaLoraSettings:
+    """model.method adalora: LoRA in SVD form whose rank budget moves to the layers that matter."""
+
+    init_r: int = 12
+    # The average rank left once the budget has been pruned.
+    target_r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    # The budget is pruned from prune_start to prune_end (fractions of the optimizer steps); the
+    # ranks are then fixed for the rest of the run.
+    prune_start: float = 0.1
+    prune_end: float = 0.8
+    # Re-allocate every delta_t optimizer steps.
+    delta_t: int = 10
+    beta1: float = 0.85
+    beta2: float = 0.85
+    # Weight of the penalty that keeps the singular vectors orthogonal (added to the training loss).
+    orth_reg_weight: float = 0.5
+
+
+@dataclass
+class IA3Settings:
+    """model.method ia3: learned scales of the attention keys and values and of the feed-forward
+    activations."""
+
+    # ["auto"]: the family's choice (T5: k, v, wo; BART: k_proj, v_proj, fc2; Llama-style:
+    # k_proj, v_proj, down_proj); feedforward_modules must be a subset of target_modules.
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    feedforward_modules: list[str] = field(default_factory=lambda: ["auto"])
+
+
+@dataclass
+class LohaSettings:
+    """model.method loha: a low-rank Hadamard product update (LyCORIS)."""
+
+    r: int = 8
+    alpha: int = 16
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+
+
+@dataclass
+class LokrSettings:
+    """model.method lokr: a Kronecker-product update (LyCORIS)."""
+
+    r: int = 8
+    alpha: int = 16
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    # Also factor the larger Kronecker factor into two low-rank matrices.
+    decompose_both: bool = False
+    # -1: the factor closest to the square root of each dimension.
+    decompose_factor: int = -1
+
+
+@dataclass
+class VeraSettings:
+    """model.method vera: frozen random projections shared by all layers, with trained per-layer
+    scaling vectors."""
+
+    r: int = 256
+    d_initial: float = 0.1
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    # Seed of the shared random projections (they are saved in the adapter).
+    projection_seed: int = 0
+
+
+@dataclass
+class PromptSettings:
+    """model.method prompt: virtual tokens learned in front of the input (prompt tuning)."""
+
+    virtual_tokens: int = 20
+    # "text": start from the embeddings of init_text's tokens (repeated to fill); "random".
+    init: Literal["text", "random"] = "text"
+    init_text: str = "Summarize the following conversation."
+
+
+@dataclass
+class PrefixSettings:
+    """model.method prefix: learned keys and values in front of every attention layer. Refused at
+    start-up with this library set (see methods.py)."""
+
+    virtual_tokens: int = 20
+    projection: bool = False
 
 
 @dataclass
@@ -38,9 +143,18 @@ class ModelConfig:
     name_or_path: str = "google/flan-t5-base"
     # "auto": read from the model's config.json (encoder-decoder -> seq2seq, decoder-only -> causal).
     family: Literal["auto", "seq2seq", "causal"] = "auto"
-    method: Literal["full", "lora"] = "lora"
+    # full: every weight; the others train a small adapter on a frozen base (see the sections below
+    # and the support matrix in the README).
+    method: Literal["full", "lora", "dora", "adalora", "ia3", "loha", "lokr", "vera", "prompt", "prefix"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
-    # Load the frozen base in 8 or 4 bits (bitsandbytes) under LoRA; not with DeepSpeed ZeRO-3.
+    adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
+    ia3: IA3Settings = field(default_factory=IA3Settings)
+    loha: LohaSettings = field(default_factory=LohaSettings)
+    lokr: LokrSettings = field(default_factory=LokrSettings)
+    vera: VeraSettings = field(default_factory=VeraSettings)
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    prefix: PrefixSettings = field(default_factory=PrefixSettings)
+    # Load the frozen base in 8 or 4 bits (bitsandbytes) under an adapter method; not with DeepSpeed ZeRO-3.
     quantization: Literal["none", "8bit", "4bit"] = "none"
     gradient_checkpointing: bool = False
     # Run Python code shipped with a model (a config.json with "auto_map"): only for models you trust.
@@ -450,17 +564,65 @@ def validate(cfg: RunConfig) -> None:
     if d.source == "local":
         _require(bool(d.files), "data.files", "source 'local' needs files, e.g. {train: data/train.jsonl}")
     _require(
-        m.quantization == "none" or m.method == "lora",
+        m.quantization == "none" or m.method != "full",
         "model.quantization",
-        f"{m.quantization} needs model.method=lora (a quantized base cannot be fully fine-tuned)",
+        f"{m.quantization} needs an adapter method such as model.method=lora (a quantized base cannot be fully "
+        "fine-tuned)",
     )
-    _require(m.lora.r >= 1, "model.lora.r", f"must be >= 1, got {m.lora.r}")
-    _require(m.lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {m.lora.alpha}")
-    _require(0 <= m.lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {m.lora.dropout}")
-    _require(bool(m.lora.target_modules), "model.lora.target_modules", "must name at least one module")
+    _validate_method(m)
     _require(g.num_beams >= 1, "generation.num_beams", f"must be >= 1, got {g.num_beams}")
     _require(g.max_new_tokens >= 1, "generation.max_new_tokens", f"must be >= 1, got {g.max_new_tokens}")
     _require(g.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {g.batch_size}")
     _require(g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}")
     _require(g.top_k >= 0, "generation.top_k", f"must be >= 0 (0: off), got {g.top_k}")
     _require(0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}")
+
+
+def _validate_method(m: ModelConfig) -> None:
+    """The chosen method's section (the others are not read)."""
+    key = f"model.{m.method}"
+    if m.method in ("lora", "dora"):
+        lo, key = m.lora, "model.lora"
+        _require(lo.r >= 1, f"{key}.r", f"must be >= 1, got {lo.r}")
+        _require(lo.alpha > 0, f"{key}.alpha", f"must be > 0, got {lo.alpha}")
+        _require(0 <= lo.dropout < 1, f"{key}.dropout", f"must be in [0, 1), got {lo.dropout}")
+        _require(lo.loraplus_lr_ratio == 0 or lo.loraplus_lr_ratio >= 1, f"{key}.loraplus_lr_ratio",
+                 f"must be 0 (off) or >= 1 (B learns that many times faster than A), got {lo.loraplus_lr_ratio}")
+    elif m.method == "adalora":
+        a = m.adalora
+        _require(a.init_r >= 1, f"{key}.init_r", f"must be >= 1, got {a.init_r}")
+        _require(1 <= a.target_r <= a.init_r, f"{key}.target_r", f"must be in [1, init_r={a.init_r}], got {a.target_r}")
+        _require(a.alpha > 0, f"{key}.alpha", f"must be > 0, got {a.alpha}")
+        _require(0 <= a.dropout < 1, f"{key}.dropout", f"must be in [0, 1), got {a.dropout}")
+        _require(0 <= a.prune_start < a.prune_end <= 1, f"{key}.prune_start",
+                 f"needs 0 <= prune_start < prune_end <= 1, got {a.prune_start} and {a.prune_end}")
+        _require(a.delta_t >= 1, f"{key}.delta_t", f"must be >= 1, got {a.delta_t}")
+        for name in ("beta1", "beta2"):
+            _require(0 < getattr(a, name) < 1, f"{key}.{name}", f"must be in (0, 1), got {getattr(a, name)}")
+        _require(a.orth_reg_weight >= 0, f"{key}.orth_reg_weight", f"must be >= 0, got {a.orth_reg_weight}")
+    elif m.method == "ia3":
+        targets, ff = m.ia3.target_modules, m.ia3.feedforward_modules
+        _require((targets == ["auto"]) == (ff == ["auto"]), f"{key}.feedforward_modules",
+                 "set both target_modules and feedforward_modules, or leave both at [auto]")
+        _require(set(ff) <= set(targets), f"{key}.feedforward_modules",
+                 f"must be a subset of target_modules {targets}, got {ff}")
+    elif m.method in ("loha", "lokr"):
+        ly = getattr(m, m.method)
+        _require(ly.r >= 1, f"{key}.r", f"must be >= 1, got {ly.r}")
+        _require(ly.alpha > 0, f"{key}.alpha", f"must be > 0, got {ly.alpha}")
+        for name in ("rank_dropout", "module_dropout"):
+            _require(0 <= getattr(ly, name) < 1, f"{key}.{name}", f"must be in [0, 1), got {getattr(ly, name)}")
+    elif m.method == "vera":
+        _require(m.vera.r >= 1, f"{key}.r", f"must be >= 1, got {m.vera.r}")
+        _require(m.vera.d_initial > 0, f"{key}.d_initial", f"must be > 0, got {m.vera.d_initial}")
+        _require(0 <= m.vera.dropout < 1, f"{key}.dropout", f"must be in [0, 1), got {m.vera.dropout}")
+    elif m.method in ("prompt", "prefix"):
+        n = getattr(m, m.method).virtual_tokens
+        _require(n >= 1, f"{key}.virtual_tokens", f"must be >= 1, got {n}")
+        _require(m.method != "prompt" or m.prompt.init != "text" or bool(m.prompt.init_text.strip()),
+                 f"{key}.init_text", "must not be empty with init: text")
+    section = getattr(m, "lora" if m.method == "dora" else m.method, None)
+    targets = getattr(section, "target_modules", None)
+    if targets is not None:
+        _require(bool(targets), f"model.{'lora' if m.method == 'dora' else m.method}.target_modules",
+                 "must name at least one module (or [auto])")

@@ -1,7 +1,7 @@
 """Evaluation: candidates -> predictions -> ROUGE -> comparison tables (files and W&B).
 
-A candidate is ``NAME=PATH[,shots=K][,template=T]``: a run folder written by training (a LoRA
-adapter or a full model, prompted with the template it was trained with), or a base model (folder
+A candidate is ``NAME=PATH[,shots=K][,template=T]``: a run folder written by training (an adapter
+of any method, or a full model, prompted with the template it was trained with), or a base model (folder
 or hub id) prompted zero-shot, or with K examples from the TRAIN split (few-shot).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from sumtune import compare, data, families, models, rouge, tracking
+from sumtune import compare, data, families, methods, models, rouge, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
@@ -37,7 +37,7 @@ class Candidate:
     @property
     def kind(self) -> str:
         if (self.folder / "adapter_config.json").is_file():
-            return "lora"
+            return "adapter"
         if (self.folder / CONFIG_FILE).is_file():
             return "full"
         return "base"
@@ -82,7 +82,7 @@ def load_candidate(cand: Candidate, cfg: RunConfig):
                                   chat_template=saved_data.get("chat_template", cfg.data.chat_template))
     trust = cfg.model.trust_remote_code
     family = families.resolve(cand.path, saved_model.get("family", "auto"), trust, key=f"candidate {cand.name}")
-    if cand.kind == "lora":
+    if cand.kind == "adapter":
         # An adapter trained on an 8/4-bit base is evaluated on the base it was trained with.
         quantization = saved_model.get("quantization", "none")
         model = models.load_adapter(cand.folder, saved_model.get("name_or_path"), quantization, trust)
@@ -161,6 +161,8 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             "generation_seconds": round(seconds, 3),
             "candidate": cand.path,
             "kind": cand.kind,
+            "method": methods.of_adapter(cand.folder).name if cand.kind == "adapter" else (
+                trained_config(cand.folder).get("model", {}).get("method", "full") if cand.kind == "full" else "none"),
             "split": cfg.eval.split,
             "family": family.name,
             "model_type": family.model_type,

@@ -59,8 +59,12 @@ def load_model(name_or_path: str, dropout: float | None = None, quantization: st
     return model
 
 
-def apply_method(model, cfg: ModelConfig, family: Family):
-    """Wrap the base model for the chosen method. Full fine-tuning trains it as it is."""
+def apply_method(model, cfg: ModelConfig, family: Family, total_steps: int | None = None):
+    """Prepare the base for training (k-bit preparation, gradient checkpointing) and wrap it for
+    the chosen method (sumtune.methods); full fine-tuning trains it as it is. ``total_steps`` (the
+    step plan's) is needed by methods that schedule over the run (AdaLoRA)."""
+    from sumtune import methods
+
     if cfg.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -72,22 +76,9 @@ def apply_method(model, cfg: ModelConfig, family: Family):
         enable()
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
-    if cfg.method == "full":
-        return model
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    targets = family.lora_targets() if cfg.lora.target_modules == ["auto"] else cfg.lora.target_modules
-    lora = LoraConfig(
-        task_type=getattr(TaskType, family.task_type),
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules="all-linear" if targets in ("all-linear", ["all-linear"]) else targets,
-    )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as err:
-        raise ConfigError(f"model.lora.target_modules: {str(err).splitlines()[0]}") from None
+    if cfg.method == "adalora" and not total_steps:
+        raise ValueError("model.method=adalora needs the step plan's total_steps to lay out its rank budget")
+    return methods.wrap(model, cfg, family, total_steps or 0)
 
 
 def to_device(model, device):
@@ -133,7 +124,9 @@ def _same_model(a: str, b: str) -> bool:
 def check_adapter_fits(base, adapter_dir: Path, base_name: str) -> None:
     """Compare the adapter's LoRA shapes (read from the file's header, nothing loaded) with the
     base's layers: an adapter trained on another base fails here in one line, not in a 60-line
-    state-dict traceback, and a base with layers the adapter never saw is not silently accepted."""
+    state-dict traceback, and a base with layers the adapter never saw is not silently accepted.
+    (LoRA, DoRA and AdaLoRA name their matrices lora_A/lora_B; every method's keys are checked
+    again once loaded, by ``check_adapter_keys``.)"""
     import json
 
     from safetensors import safe_open
@@ -161,7 +154,7 @@ def check_adapter_fits(base, adapter_dir: Path, base_name: str) -> None:
                 problem = f"layer {name} gives {layer.out_features} outputs in the base, {shape[0]} in the adapter"
             if problem:
                 break
-    if problem is None:
+    if problem is None and adapted:
         lora = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
         targets = lora.get("target_modules")
         if isinstance(targets, list) and not lora.get("layers_to_transform") and not lora.get("exclude_modules"):
@@ -170,23 +163,57 @@ def check_adapter_fits(base, adapter_dir: Path, base_name: str) -> None:
             if missing:
                 problem = f"the base has {len(missing)} targeted layers the adapter has no weights for (e.g. {missing[0]})"
     if problem:
-        raise ModelError(f"adapter {adapter_dir} does not fit base model {base_name}: {problem}; it was trained on "
-                         "another base: evaluate it with the base it was trained on")
+        raise _misfit(adapter_dir, base_name, problem)
+
+
+def _misfit(adapter_dir: Path, base_name: str, problem: str) -> ModelError:
+    return ModelError(f"adapter {adapter_dir} does not fit base model {base_name}: {problem}; it was trained on "
+                      "another base: evaluate it with the base it was trained on")
+
+
+def check_adapter_keys(model, adapter_dir: Path, base_name: str) -> None:
+    """Every method: the tensors the adapter file holds must be exactly those the wrapped base
+    expects (peft only warns about the others, and a layer left without its weights would run
+    with a fresh, untrained adapter)."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    with safe_open(str(weights), "pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(model).keys())
+    if saved - expected:
+        raise _misfit(adapter_dir, base_name, f"it holds weights for {sorted(saved - expected)[0]}, which the base "
+                      f"has no place for ({len(saved - expected)} such tensors)")
+    if expected - saved:
+        raise _misfit(adapter_dir, base_name, f"the base expects adapter weights the file lacks, e.g. "
+                      f"{sorted(expected - saved)[0]} ({len(expected - saved)} missing)")
 
 
 def load_adapter(adapter_dir: str | Path, trained_base: str | None = None, quantization: str = "none",
                  trust_remote_code: bool = False, key: str | None = None):
-    """A LoRA run folder on its base: the base named in adapter_config.json, checked against the
-    run's saved config and, layer by layer, against the adapter's shapes."""
+    """An adapter run folder (any method) on its base: the base named in adapter_config.json,
+    checked against the run's saved config and against the adapter's shapes and tensor names."""
     from peft import PeftModel
+
+    from sumtune import methods
 
     adapter_dir = Path(adapter_dir)
     base_name = adapter_base(adapter_dir, trained_base)
+    method = methods.of_adapter(adapter_dir)
     check_model_source(base_name, key=key or f"base model of adapter {adapter_dir}")
     base = load_model(base_name, quantization=quantization, trust_remote_code=trust_remote_code)
     check_adapter_fits(base, adapter_dir, base_name)
     try:
-        return PeftModel.from_pretrained(base, str(adapter_dir))
+        # An AdaLoRA model loaded for inference fails on any forward that is given labels (peft reads
+        # its trainable adapter's name to add the orthogonality penalty): load it trainable.
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=method.name == "adalora")
     except RuntimeError as err:  # what the shape check above did not foresee: still one line
         lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err).splitlines()[0]]
-        raise ModelError(f"adapter {adapter_dir} does not fit base model {base_name}: {lines[0]}") from None
+        raise _misfit(adapter_dir, base_name, lines[0]) from None
+    check_adapter_keys(model, adapter_dir, base_name)
+    if method.name == "adalora":
+        model.requires_grad_(False)
+    return model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,22 +72,29 @@ def _fused_adamw(params: list) -> bool | None:
     return True if ok and params else None
 
 
-def make_optimizer(model, cfg: TrainConfig, plan: StepPlan):
+def make_optimizer(model, cfg: TrainConfig, plan: StepPlan, lr_scale: Callable[[str], float] | None = None):
     """AdamW without decay on biases and norms; linear warmup then linear decay to 0.
+
+    ``lr_scale(name)`` (LoRA+, see sumtune.methods.lr_scale) gives a parameter a learning rate of
+    ``train.lr`` times its factor; weight decay stays as above either way. The first group is always
+    the decayed group at ``train.lr`` (the learning rate the loop logs), and no group is empty (DeepSpeed
+    drops empty groups, and the scheduler would then hold one factor too many).
 
     The scheduler is stepped once per optimizer step by ``engine.OptimizerStep`` and is NOT passed
     to ``accelerator.prepare``: Accelerate's wrapper steps it once per process, which would make the
     schedule depend on the number of processes.
     """
-    decay, no_decay = [], []
+    buckets: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=_fused_adamw(decay + no_decay))
+            decays = not (p.ndim < 2 or "norm" in name.lower())
+            scale = lr_scale(name) if lr_scale else 1.0
+            buckets.setdefault((scale, decays), []).append(p)
+    order = sorted(buckets, key=lambda key: (key[0] != 1.0, not key[1], key[0]))
+    groups = [{"params": buckets[scale, decays], "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decays else 0.0}
+              for scale, decays in order]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=_fused_adamw(params))
 
     def factor(step: int) -> float:
         if step < plan.warmup_steps:

@@ -129,6 +129,10 @@ def wrapping(tokenizer, probe: str = "hello world") -> tuple[list[int], list[int
     return lead, tail
 
 
+# Layer names of the key, value and feed-forward output projections, most specific first.
+_IA3_NAMES = (("k_proj", "k", "key"), ("v_proj", "v", "value"), ("down_proj", "fc2", "wo", "w2", "dense_4h_to_h"))
+
+
 class Family:
     """The interface. ``model_type`` is the model's config type ("t5", "llama", ...)."""
 
@@ -170,6 +174,19 @@ class Family:
 
     def lora_targets(self) -> str | list[str]:
         return "all-linear"
+
+    def ia3_modules(self, model) -> tuple[list[str], list[str]]:
+        """IA3's (target, feed-forward) modules: the attention keys and values and the feed-forward
+        block's output projection, whose INPUT (the feed-forward activation) IA3 scales. Found by
+        the layer names the architectures use (T5: k, v, wo; BART and Phi: k_proj, v_proj, fc2;
+        Llama, Qwen2, Mistral, Gemma: k_proj, v_proj, down_proj)."""
+        present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+        found = [next((n for n in names if n in present), None) for names in _IA3_NAMES]
+        if None in found:
+            raise ConfigError(f"model.ia3: no {', '.join(w for w, f in zip(('key', 'value', 'feed-forward output'), found) if f is None)} "
+                              f"projection found by name in this {self.model_type} model; set model.ia3.target_modules "
+                              "and model.ia3.feedforward_modules")
+        return found, found[2:]
 
     # -- data
     def frame(self, tokenizer, template: str, chat_template: str = "never") -> PromptFrame:

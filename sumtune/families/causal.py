@@ -64,7 +64,9 @@ class CausalFamily(Family):
         return batch["attention_mask"].sum(), batch["input_ids"].numel()
 
     def token_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Position t predicts token t + 1.
+        # Prompt tuning puts virtual tokens in front of the input, and their logits in front of the
+        # sequence's: the last len(labels) positions are the sequence's own. Position t predicts token t + 1.
+        logits = logits[:, logits.shape[1] - labels.shape[1]:]
         logits, labels = logits[:, :-1], labels[:, 1:]
         per_token = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                                       reduction="none").view(labels.shape)

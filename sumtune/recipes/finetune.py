@@ -1,6 +1,7 @@
-"""Supervised fine-tuning: setup -> fit -> save, for every method (full, LoRA, k-bit LoRA: one loop
-over different models). ``train/finetune.py`` is the thin entry point; what every recipe shares
-(resume, checkpoints, preemption, the optimizer step, the meter) is in ``sumtune.engine``."""
+"""Supervised fine-tuning: setup -> fit -> save, for every method (full fine-tuning and every adapter
+method of sumtune.methods, on full-precision or k-bit bases: one loop over different models).
+``train/finetune.py`` is the thin entry point; what every recipe shares (resume, checkpoints,
+preemption, the optimizer step, the meter) is in ``sumtune.engine``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from sumtune import data, models, tracking
+from sumtune import data, methods, models, tracking
 from sumtune.config import RunConfig, TrainConfig
 from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
 from sumtune.engine import (
@@ -36,6 +37,7 @@ def run(cfg: RunConfig) -> dict:
     family = models.model_family(cfg.model.name_or_path, cfg.model)
     models.check_precision(family, os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
     models.check_quantization(cfg.model.quantization, deepspeed_stage())
+    methods.check(cfg.model, family, deepspeed_stage())  # the support matrix: refused in one line, before weights load
 
     def read_splits():
         return (data.load_split(cfg.data, "train", cfg.data.max_train_examples),
@@ -53,7 +55,6 @@ def run(cfg: RunConfig) -> dict:
     tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, family)
     base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code,
                              family)
-    model = models.apply_method(base, cfg.model, family)
     accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
     say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
 
@@ -69,6 +70,9 @@ def run(cfg: RunConfig) -> dict:
     plan = plan_steps(len(train_feats), accelerator.num_processes, cfg.train)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}")
     say(f"plan: {plan.describe()}")
+    # Wrapped once the plan exists (AdaLoRA lays its rank budget out over plan.total_steps); peft
+    # adds plain modules, so doing it after the Accelerator exists is safe under ZeRO-3 too.
+    model = models.apply_method(base, cfg.model, family, plan.total_steps)
     trainable, total = models.count_parameters(model)
     quant = f", base in {cfg.model.quantization}" if cfg.model.quantization != "none" else ""
     say(f"model: {family.name} family ({family.model_type}); method {cfg.model.method}{quant}: {trainable:,} of {total:,} "
@@ -81,17 +85,18 @@ def run(cfg: RunConfig) -> dict:
     say(data.batching_report(train_lengths, cfg.train, cfg.train.seed))
     val_dl = data.validation_loader(val_feats, data.example_lengths(val_feats, family), cfg.train, collate,
                                     accelerator.num_processes)
-    optimizer, scheduler = make_optimizer(model, cfg.train, plan)
+    optimizer, scheduler = make_optimizer(model, cfg.train, plan, methods.lr_scale(cfg.model))
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     # The scheduler is stepped by the optimizer step, not by Accelerate (see engine.make_optimizer),
     # so it is registered for save_state/load_state by hand.
     accelerator.register_for_checkpointing(scheduler)
+    hook = methods.step_hook(model, cfg.model, accelerator)  # AdaLoRA's budget (checkpointed with the run); else None
 
     validator = RougeValidator(accelerator, tokenizer, val_records, cfg, family) if cfg.train.rouge_every else None
     start = ctx.begin(accelerator, extras={"validator": validator})  # resume, config, tracker, log, signals
     started = time.perf_counter()
     metrics = fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, ctx.log, family, validator,
-                  checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption)
+                  checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption, hook=hook)
     if metrics.get("preempted"):
         ctx.exit_preempted(metrics["step"], metrics["checkpoint"])  # exits with 75
     if validator:
