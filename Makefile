@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/sumtune/torch_extensions
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench compare-methods lint clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ test: $(STAMP)
 # The performance benchmark (not a test: about 10 minutes on 2 cores); writes bench/results.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Full fine-tuning and every adapter method side by side on the demo (not a test: about 20 minutes on
+# 2 cores; needs the demo build); writes bench/methods_results.md and .json.
+compare-methods: $(STAMP)
+	test -f demo/model/config.json || $(BIN)/python -m sumtune_demo --out demo
+	$(BIN)/python bench/methods.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench

@@ -6,7 +6,7 @@ adapter can be merged into the base, and which combinations it refuses, in one l
 weight loads (the support matrix in the README is this table's ``refusal`` functions, each with a
 test):
 
-    methods.check(cfg.model, family, zero_stage)           # at start-up: refuse what cannot work
+    methods.check(cfg, family, zero_stage)                 # at start-up: refuse what cannot work
     model = methods.wrap(base, cfg.model, family, plan)    # the base wrapped for training
     hook = methods.step_hook(model, cfg.model, accelerator)  # None for most methods
     scale = methods.lr_scale(cfg.model)                    # LoRA+: per-parameter learning-rate factor
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sumtune.config import ModelConfig
+from sumtune.config import ModelConfig, RunConfig
 from sumtune.errors import ConfigError
 
 # What every check below is measured against (README, support matrix).
@@ -210,9 +210,10 @@ def settings(cfg: ModelConfig):
     return getattr(cfg, method.section) if method.section else None
 
 
-def check(cfg: ModelConfig, family, zero_stage: int | None) -> None:
+def check(run: RunConfig, family, zero_stage: int | None) -> None:
     """Refuse, in one line and before any weight loads, a combination of method, family,
     quantization and DeepSpeed stage that does not work with this library set."""
+    cfg = run.model
     method = get(cfg.method)
     why = method.refusal(cfg, family, zero_stage) if method.refusal else None
     if why:
@@ -220,6 +221,11 @@ def check(cfg: ModelConfig, family, zero_stage: int | None) -> None:
     if method.prompt_learning and cfg.gradient_checkpointing:
         raise ConfigError(f"model.method={cfg.method} with model.gradient_checkpointing=true: peft's prompt learning "
                           "does not support it; turn gradient checkpointing off")
+    if method.prompt_learning and zero_stage == 3 and run.train.rouge_every:
+        raise ConfigError(f"model.method={cfg.method} with train.rouge_every under DeepSpeed ZeRO-3: peft's "
+                          "prompt-tuning generate() gathers the sharded weights out of step across processes (a "
+                          "collective mismatch aborts the run); set train.rouge_every=0 and evaluate afterwards with "
+                          "eval/evaluate.py, or use ZeRO-2")
 
 
 # ----------------------------------------------------------------------------- wrapping

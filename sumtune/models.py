@@ -181,6 +181,12 @@ def check_adapter_keys(model, adapter_dir: Path, base_name: str) -> None:
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         return
+    config = model.active_peft_config
+    width = model.get_base_model().get_input_embeddings().embedding_dim
+    if config.is_prompt_learning and config.token_dim != width:
+        # peft builds the virtual tokens at the saved width and would fail only in the first forward.
+        raise _misfit(adapter_dir, base_name, f"its virtual tokens are {config.token_dim} wide, the base's embeddings "
+                      f"{width}")
     with safe_open(str(weights), "pt") as f:
         saved = set(f.keys())
     expected = set(get_peft_model_state_dict(model).keys())

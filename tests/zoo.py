@@ -73,13 +73,15 @@ def tokenizer_for(arch: str, base_dir: Path, out: Path):
     return AutoTokenizer.from_pretrained(out)
 
 
-def model_config(arch: str, tok):
+def model_config(arch: str, tok, width: int = 32):
+    """A tiny config of ``arch``: hidden size ``width``, feed-forward 2 x ``width``, 4 heads, 2 layers
+    (bitsandbytes' 4-bit blocks of 64 need a width of 64 or more)."""
     import transformers as tf
 
     ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
            "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id}
     vocab = len(tok)
-    small = {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    small = {"vocab_size": vocab, "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2,
              "num_attention_heads": 4, "max_position_embeddings": 512, **ids}
     if arch == "llama":
         return tf.LlamaConfig(num_key_value_heads=2, **small)
@@ -88,16 +90,17 @@ def model_config(arch: str, tok):
     if arch == "mistral":
         return tf.MistralConfig(num_key_value_heads=2, sliding_window=None, **small)
     if arch == "gemma":
-        return tf.GemmaConfig(num_key_value_heads=2, head_dim=8, **small)
+        return tf.GemmaConfig(num_key_value_heads=2, head_dim=width // 4, **small)
     if arch == "phi":
         return tf.PhiConfig(partial_rotary_factor=0.5, **small)
     if arch == "bart":
-        return tf.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        return tf.BartConfig(vocab_size=vocab, d_model=width, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                             decoder_attention_heads=4, encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width,
                              max_position_embeddings=512, decoder_start_token_id=tok.eos_token_id,
                              forced_eos_token_id=tok.eos_token_id, **ids)
     if arch == "t5":
-        return tf.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        return tf.T5Config(vocab_size=vocab, d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=2, num_decoder_layers=2,
+                           num_heads=4,
                            feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                            decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
                            eos_token_id=tok.eos_token_id)
@@ -116,11 +119,11 @@ def untie_lm_head(folder: Path, seed: int = 0) -> None:
     save_file(weights, path, metadata={"format": "pt"})
 
 
-def build_model(arch: str, folder: Path, base_dir: Path, seed: int = 0) -> Path:
+def build_model(arch: str, folder: Path, base_dir: Path, seed: int = 0, width: int = 32) -> Path:
     import transformers as tf
 
     tok = tokenizer_for(arch, base_dir, folder)
-    config = model_config(arch, tok)
+    config = model_config(arch, tok, width)
     torch.manual_seed(seed)
     cls = tf.AutoModelForSeq2SeqLM if arch in SEQ2SEQ else tf.AutoModelForCausalLM
     model = cls.from_config(config)
@@ -132,8 +135,8 @@ def build_model(arch: str, folder: Path, base_dir: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_zoo(root: Path, archs=ARCHITECTURES) -> dict[str, Path]:
+def build_zoo(root: Path, archs=ARCHITECTURES, width: int = 32) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     base = root / "tokenizer"
     base_tokenizer(base)
-    return {arch: build_model(arch, root / arch, base) for arch in archs}
+    return {arch: build_model(arch, root / arch, base, width=width) for arch in archs}

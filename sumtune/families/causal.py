@@ -15,10 +15,12 @@ The traps this file exists for (each silent in other toolkits):
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from sumtune.errors import DataError
-from sumtune.families.base import Family, PromptFrame, wrapping
+from sumtune.families.base import Family, GenerationOutput, PromptFrame, wrapping
 from sumtune.prompts import PLACEHOLDER, resolve_template
 
 _MARK = "<<sumtune-dialogue>>"
@@ -74,6 +76,33 @@ class CausalFamily(Family):
 
     def prompt_padding(self) -> str:
         return "left"
+
+    def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, lockstep: bool = False,
+                 logprobs: bool = False) -> GenerationOutput:
+        """A prompt-tuned model (peft 0.21, transformers 5.24) decodes wrongly in two ways, both
+        measured against its own uncached forward, i.e. what it was trained to compute: with a KV
+        cache, every token after the first gets a position that leaves out the virtual tokens; and
+        with left padding, the virtual tokens sit in front of the padding (peft drops the position
+        ids generate derives from the mask), so a padded row's prompt sits further from them than
+        in training. Such a model therefore decodes without a cache (a full forward per token),
+        each group of equal-length prompts unpadded."""
+        config = getattr(model, "active_peft_config", None)
+        if not getattr(config, "is_prompt_learning", False):
+            return super().generate(model, input_ids, attention_mask, settings, lockstep, logprobs)
+        if lockstep:
+            raise ValueError("prompt-learning generation cannot run in lockstep (refused under ZeRO-3 by methods.check)")
+        settings = copy.deepcopy(settings)
+        settings.use_cache = False
+        lengths = attention_mask.sum(1).tolist()
+        ids: list = [None] * len(lengths)
+        scores: list = [None] * len(lengths)
+        for n in sorted(set(lengths), reverse=True):
+            rows = [i for i, length in enumerate(lengths) if length == n]
+            out = super().generate(model, input_ids[rows][:, -n:], attention_mask[rows][:, -n:], settings, False, logprobs)
+            for j, i in enumerate(rows):
+                ids[i] = out.ids[j]
+                scores[i] = out.logprobs[j] if logprobs else None
+        return GenerationOutput(ids, scores if logprobs else None)
 
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return sequences[:, input_ids.shape[1]:]

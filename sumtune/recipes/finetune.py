@@ -37,7 +37,7 @@ def run(cfg: RunConfig) -> dict:
     family = models.model_family(cfg.model.name_or_path, cfg.model)
     models.check_precision(family, os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
     models.check_quantization(cfg.model.quantization, deepspeed_stage())
-    methods.check(cfg.model, family, deepspeed_stage())  # the support matrix: refused in one line, before weights load
+    methods.check(cfg, family, deepspeed_stage())  # the support matrix: refused in one line, before weights load
 
     def read_splits():
         return (data.load_split(cfg.data, "train", cfg.data.max_train_examples),
