@@ -9,7 +9,8 @@ from sumtune.errors import SumtuneError
 
 # (title, y-axis label, [(train_log key, line style)], log scale)
 PANELS = [
-    ("loss", "cross-entropy (nats per target token)", [("loss", "-"), ("val_loss", "--")], False),
+    ("loss (solid: training, dashed: validation)", "cross-entropy (nats per target token)",
+     [("loss", "-"), ("val_loss", "--")], False),
     ("learning rate", "learning rate", [("lr", "-")], False),
     ("gradient norm", "global L2 norm before clipping", [("grad_norm", "-")], True),
     ("validation ROUGE-1", "ROUGE-1 F (0-1)", [("val_rouge1", "-")], False),
@@ -48,15 +49,14 @@ def figure(logs: dict[str, dict[str, list[tuple[int, float]]]], path: Path):
     fig, axes = plot.figure(15, 8, 2, 3)
     for ax, (title, ylabel, keys, log_scale) in zip(axes.flat, PANELS):
         drawn = False
-        for i, (run, series) in enumerate(logs.items()):
+        for i, series in enumerate(logs.values()):
             for key, style in keys:
                 points = series.get(key)
                 if not points:
                     continue
                 steps, values = zip(*points)
-                label = run if len(keys) == 1 else f"{run} ({'validation' if key.startswith('val') else 'training'})"
                 ax.plot(steps, values, style, color=plot.color(i), marker="o" if len(points) < 8 else None,
-                        markersize=3, linewidth=1.4, label=label)
+                        markersize=3, linewidth=1.4)
                 drawn = True
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimizer step")
@@ -70,7 +70,10 @@ def figure(logs: dict[str, dict[str, list[tuple[int, float]]]], path: Path):
             continue
         if log_scale:
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
+    # One legend for all panels (a colour per run), below them: nothing is hidden behind it.
+    for i, run in enumerate(logs):
+        axes[0, 0].plot([], [], color=plot.color(i), label=run)
+    fig.legend(loc="outside lower center", ncol=min(len(logs), 6), fontsize=9, title="run")
     fig.suptitle("training curves (train_log.jsonl)" + (f" of {len(logs)} runs" if len(logs) > 1 else ""))
     caption = ("Training loss (solid) and validation loss (dashed), learning rate, gradient norm, the validation ROUGE "
                "logged during training (train.rouge_every) and real-token throughput of the training steps, against "

@@ -77,7 +77,7 @@ def _bars(ax, s: Scores, names: list[str], value: str, low: str, high: str, scal
                error_kw={"linewidth": 0.9})
     ax.set_xticks(range(len(metrics)), metrics)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2 if len(names) > 4 else 1)
+    ax.legend(fontsize=8, title="candidate", loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def rouge_bars(s: Scores, path: Path, name: str):

@@ -24,7 +24,7 @@ from sumtune.config import dump_yaml, from_dict  # noqa: E402
 from sumtune.errors import SumtuneError  # noqa: E402
 from sumtune.prompts import format_prompt  # noqa: E402
 from sumtune.report import build  # noqa: E402
-from sumtune.report.weights import split_name  # noqa: E402
+from sumtune.report.weights import MatrixChange, grid, split_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +38,7 @@ def _config(root: Path, name: str, method: str, base: Path) -> dict:
             "data": {"source": "local", "files": files, "max_source_length": 96, "max_target_length": 24},
             "train": {"lr": 1e-2, "max_steps": 4, "per_device_batch_size": 8, "log_every": 1, "eval_every": 2,
                       "eval_max_batches": 1, "rouge_every": 2, "rouge_examples": 2, "dropout": 0.0},
-            "generation": {"max_new_tokens": 4}, "tracker": {"backend": "none", "group": "pictures"}}
+            "generation": {"max_new_tokens": 4}, "tracker": {"backend": "none", "group": "inspect-group-7"}}
 
 
 def _adapter_run(root: Path, name: str, base: Path, peft_config, seed: int) -> Path:
@@ -199,7 +199,7 @@ def test_any_additive_peft_method_is_asked_for_its_own_update_and_ia3_gets_a_not
     changes = adapter_changes(dora)
     assert changes.method == "LORA" and len(changes.matrices) == changes.adapted_layers == 6  # o: 2 + 2x2 attentions
     layer = dora.get_submodule("base_model.model.encoder.block.0.layer.0.SelfAttention.o")
-    by_hand = 3.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    by_hand = 3.0 * layer.lora_B["default"].weight.detach() @ layer.lora_A["default"].weight.detach()
     got = next(m for m in changes.matrices if m.name == "encoder.block.0.layer.0.SelfAttention.o")
     assert _close(got.delta_norm, float(torch.linalg.norm(by_hand)))
     assert any("DoRA" in n for n in changes.notes)
@@ -257,6 +257,7 @@ def test_every_figure_is_a_real_png_of_its_size_referenced_by_the_page_and_logge
     assert sizes["training_curves.png"] == (1500, 800) and sizes["full/embeddings.png"] == (1500, 440)
     (offline,) = list((out / "wandb").glob("offline-run-*"))
     assert len(list(offline.glob("files/media/images/**/*.png"))) == len(figures)
+    assert b"inspect-group-7" in next(offline.glob("run-*.wandb")).read_bytes()  # the runs' own W&B group
 
 
 def test_bad_folders_and_an_existing_report_are_one_line_and_nothing_is_overwritten(folders, report, tmp_path):
@@ -278,3 +279,8 @@ def test_layer_and_module_come_from_the_name_alone():
     assert split_name("decoder.block.1.layer.2.DenseReluDense.wo.weight") == ("decoder.block.1", "layer.DenseReluDense.wo")
     assert split_name("model.layers.11.self_attn.q_proj") == ("model.layers.11", "self_attn.q_proj")
     assert split_name("shared.weight") == ("", "shared")
+    llama = [MatrixChange(f"model.layers.{i}.{m}", *split_name(f"model.layers.{i}.{m}"), 4, 4, 1.0 + i, 2.0)
+             for i in range(2) for m in ("self_attn.q_proj", "mlp.down_proj")]
+    values, rows, cols, prefix = grid(llama + [MatrixChange("lm_head", "", "lm_head", 4, 4, 9.0, 1.0)], lambda m: m.delta_norm)
+    assert (rows, cols, prefix, values) == (["0", "1"], ["self_attn.q_proj", "mlp.down_proj"], "model.layers",
+                                            [[1.0, 1.0], [2.0, 2.0]])
