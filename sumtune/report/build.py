@@ -45,10 +45,14 @@ def _write_csv(path: Path, columns: list[str], rows: list[list]) -> Path:
 
 
 def _names(folders: list[Path]) -> list[str]:
+    """A sub-folder name per input: its folder name, numbered when two inputs share one."""
     names: list[str] = []
     for folder in folders:
-        name = folder.resolve().name
-        names.append(name if name not in names else f"{name}-{sum(n.startswith(name) for n in names) + 1}")
+        name, n = folder.resolve().name, 1
+        while name in names:
+            n += 1
+            name = f"{folder.resolve().name}-{n}"
+        names.append(name)
     return names
 
 
