@@ -102,8 +102,8 @@ def gain_bars(s: Scores, path: Path, name: str):
     axes[0, 0].axhline(0, color="black", linewidth=0.8)
     axes[0, 0].set_ylabel(f"gain over {s.baseline} (percentage points)")
     axes[0, 0].set_xlabel("metric")
-    axes[0, 0].set_title(f"{name}: gain over {s.baseline} with 95% paired bootstrap intervals (a bar whose interval "
-                         "crosses 0 is not a clear gain)", fontsize=10)
+    axes[0, 0].set_title(f"{name}: gain over {s.baseline}, 95% paired bootstrap intervals (one that crosses 0: no clear "
+                         "gain)", fontsize=10)
     caption = (f"Absolute gain over the baseline '{s.baseline}' in ROUGE percentage points; error bars: 95% paired "
                "bootstrap interval (both candidates resampled on the same examples).")
     return plot.save(fig, path, f"{name}: gain over {s.baseline}", caption)
@@ -115,7 +115,7 @@ def length_histograms(s: Scores, path: Path, name: str):
     names = list(s.lengths)
     cols = min(4, len(names))
     rows_ = -(-len(names) // cols)
-    fig, axes = plot.figure(3.6 * cols + 0.6, 2.9 * rows_ + 0.7, rows_, cols, sharex=True)
+    fig, axes = plot.figure(3.6 * cols + 0.6, 2.9 * rows_ + 0.7, rows_, cols)
     top = max(max(p + r) for p, r in s.lengths.values()) if names else 1
     bins = np.arange(0, top + 2) if top <= 60 else np.linspace(0, top + 1, 61)
     for ax, cand in zip(axes.flat, names):
@@ -124,6 +124,7 @@ def length_histograms(s: Scores, path: Path, name: str):
         ax.hist(preds, bins=bins, histtype="step", linewidth=1.5, color=plot.color(s.candidates.index(cand)),
                 label="prediction")
         ax.set_title(f"{cand}: mean {np.mean(preds):.1f} vs {np.mean(refs):.1f} words", fontsize=9)
+        ax.set_xlim(0, bins[-1])  # the same scale in every panel, each with its own tick labels
         ax.set_xlabel("summary length (words)")
         ax.set_ylabel("examples")
         ax.legend(fontsize=7)
