@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh clone (Python 3.10+ is all they need):
-#   make demo    set up .venv, build the offline demo, train T5 LoRA and full and a decoder-only LoRA, print the ROUGE table
+#   make demo    set up .venv, build the offline demo, train T5 LoRA and full and a decoder-only LoRA, print the ROUGE
+#                table, write the report with the pictures (outputs/demo-report/report.html)
 #   make test    set up .venv, run the whole test suite (unit + multi-process integration)
 PYTHON ?= python3
 VENV := .venv
@@ -35,6 +36,8 @@ demo: $(STAMP)
 		--candidate zero-shot=demo/model --candidate one-shot=demo/model,shots=1 --candidate few-shot=demo/model,shots=3 \
 		--candidate lora=outputs/demo-lora --candidate full=outputs/demo-full \
 		--candidate causal-zero-shot=demo/causal --candidate causal-lora=outputs/demo-causal-lora
+	$(BIN)/python eval/report.py outputs/demo-lora outputs/demo-full outputs/demo-causal-lora outputs/demo-eval \
+		--out outputs/demo-report --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench

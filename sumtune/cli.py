@@ -88,6 +88,15 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
     return args
 
 
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(plain arguments, dotted overrides) of a free list of positionals, for a script whose own
+    positionals are paths: an existing path is a path even when its name holds an ``=``."""
+    plain, overrides = [], []
+    for item in items:
+        (overrides if _looks_like_override(item) and not os.path.exists(item) else plain).append(item)
+    return plain, overrides
+
+
 def _looks_like_override(value: object) -> bool:
     return isinstance(value, (str, PurePath)) and bool(_OVERRIDE.match(str(value)))
 

@@ -95,6 +95,16 @@ def log_table(accelerator, key: str, columns: list[str], rows: list[list]) -> No
     run.log({key: wandb.Table(columns=columns, data=rows)})
 
 
+def log_images(accelerator, images: dict[str, tuple[Path, str]]) -> None:
+    """PNG files as W&B images, ``key -> (path, caption)`` (main process only, as tables)."""
+    run = wandb_run(accelerator)
+    if run is None or not images:
+        return
+    import wandb
+
+    run.log({key: wandb.Image(str(path), caption=caption) for key, (path, caption) in images.items()})
+
+
 def set_summary(accelerator, values: dict) -> None:
     run = wandb_run(accelerator)
     if run is not None:
