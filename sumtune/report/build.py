@@ -95,7 +95,7 @@ def inspect_run(folder: Path, name: str, out: Path) -> tuple[Section, dict]:
     section = Section(f"run {name}", f"{folder}: {cfg.model.method} fine-tuning of {cfg.model.name_or_path}.")
     summary: dict = {"folder": str(folder), "base": cfg.model.name_or_path}
     candidate = evaluation.Candidate(name, str(folder))
-    if candidate.kind == "lora":
+    if candidate.kind == "adapter":
         kind = "adapter"
     elif (folder / "config.json").is_file():
         kind = "full"
