@@ -206,16 +206,23 @@ def test_export_is_a_command_that_refuses_what_it_cannot_merge_in_one_line(train
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "merged the lora adapter" in ok.stdout
     assert json.loads((tmp_path / "m/config.json").read_text())["dtype"] == "bfloat16"
-    again = export_cli(lora, "--out", tmp_path / "m")
-    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == (
-        f"sumtune: error: {tmp_path / 'm'} exists and is not empty; choose another --out or pass --overwrite")
     prompt = export_cli(trained("t5", "prompt"), "--out", tmp_path / "p")
     assert prompt.returncode == 2
     last = prompt.stderr.strip().splitlines()[-1]
     assert last.startswith("sumtune: error: ") and "a prompt adapter cannot be merged" in last
     assert not (tmp_path / "p").exists()
-    inside = export_cli(lora, "--out", lora / "merged")
-    assert inside.returncode == 2 and "lies inside the run folder" in inside.stderr
+
+    from sumtune.export import export
+
+    before = (tmp_path / "m/model.safetensors").read_bytes()
+    with pytest.raises(SumtuneError, match=f"^{tmp_path / 'm'} exists and is not empty; choose another --out or pass "
+                                           "--overwrite$"):
+        export(lora, tmp_path / "m")
+    assert (tmp_path / "m/model.safetensors").read_bytes() == before
+    with pytest.raises(SumtuneError, match="lies inside the run folder"):
+        export(lora, lora / "merged")
+    with pytest.raises(SumtuneError, match="holds a full model already"):
+        export(tmp_path / "m", tmp_path / "again")
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
