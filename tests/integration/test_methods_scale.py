@@ -19,17 +19,19 @@ import zoo  # noqa: E402
 
 TOL = 1e-5
 TOPOLOGIES = ("cpu_2proc.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml")
-# method (with its variant's overrides) -> the topologies it is offered for
+# cell -> (model.method, the variant's overrides); each runs under every topology in TOPOLOGIES.
 CELLS = {
     # LoRA with PiSSA's start (the base changed, the saved adapter converted), rsLoRA and LoRA+'s
-    # parameter groups; plain LoRA under every topology: test_scale.py and test_train_eval.py.
-    "lora": ("model.lora.init=pissa", "model.lora.rslora=true", "model.lora.loraplus_lr_ratio=4"),
-    "dora": (),
-    "ia3": (),
-    "loha": (),
-    "lokr": (),
-    "vera": (),
-    "prompt": (),
+    # parameter groups; OLoRA's start; plain LoRA under every topology: test_scale.py and test_train_eval.py.
+    "lora-pissa-rslora-loraplus": ("lora", ("model.lora.init=pissa", "model.lora.rslora=true",
+                                            "model.lora.loraplus_lr_ratio=4")),
+    "lora-olora": ("lora", ("model.lora.init=olora",)),
+    "dora": ("dora", ()),
+    "ia3": ("ia3", ()),
+    "loha": ("loha", ()),
+    "lokr": ("lokr", ()),
+    "vera": ("vera", ()),
+    "prompt": ("prompt", ()),
 }
 SMALL = ["model.lora.r=4", "model.lora.dropout=0.0", "model.adalora.init_r=6", "model.adalora.target_r=3",
          "model.adalora.dropout=0.0", "model.adalora.delta_t=1", "model.adalora.prune_start=0.25",
@@ -87,15 +89,15 @@ def assert_same(run: Path, ref: Path) -> None:
         assert (a[key] - b[key]).abs().max().item() < TOL, key
 
 
-@pytest.mark.parametrize("method", list(CELLS))
-def test_each_method_under_ddp_zero2_and_zero3_computes_what_one_process_computes(method, t5, tmp_path):
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_each_method_under_ddp_zero2_and_zero3_computes_what_one_process_computes(cell, t5, tmp_path):
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForSeq2SeqLM
 
     from sumtune import methods, models
     from sumtune.config import load_config
 
-    extra = CELLS[method]
+    method, extra = CELLS[cell]
     one_process(overrides(t5, tmp_path, "one", method, 3, *extra))
     ref = tmp_path / "one"
     # The reference moved the adapter by far more than the tolerance: the comparison means something.

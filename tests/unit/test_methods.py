@@ -225,30 +225,48 @@ def test_export_is_a_command_that_refuses_what_it_cannot_merge_in_one_line(train
         export(tmp_path / "m", tmp_path / "again")
 
 
-@pytest.mark.parametrize("init", ["pissa", "olora"])
-def test_pissa_and_olora_adapters_are_saved_for_the_original_base(init, trained, zoo_models):
+@pytest.mark.parametrize("init, arch", [("pissa", "llama"), ("olora", "llama"), ("pissa", "bart"), ("olora", "t5")])
+def test_pissa_and_olora_adapters_are_saved_for_the_original_base(init, arch, trained, zoo_models):
     """PiSSA and OLoRA train on a base with part of each weight moved into the adapter; the saved
     adapter (rank 2r) on the ORIGINAL base gives what the trained model gives. Checked against the
     training checkpoint, which holds the trained model itself (changed base and adapter)."""
     from accelerate.utils import set_seed
     from safetensors.torch import load_file
 
-    run = trained("llama", "lora", f"model.lora.init={init}", "train.checkpoint_every=4")
-    adapter = json.loads((run / "adapter_config.json").read_text())
-    assert adapter["r"] == 8 and adapter["lora_alpha"] == 16 and adapter["init_lora_weights"] is True
+    run = trained(arch, "lora", f"model.lora.init={init}", "train.checkpoint_every=4", "train.rouge_every=2",
+                  "train.rouge_examples=2")
+    for folder in (run, run / "best"):  # best/ (saved mid-run by the in-training ROUGE) is converted too
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        assert adapter["r"] == 8 and adapter["lora_alpha"] == 16 and adapter["init_lora_weights"] is True
     cfg = load_config(run / "sumtune_config.yaml")
     family = models.model_family(cfg.model.name_or_path)
     set_seed(cfg.train.seed)
     as_trained = models.apply_method(models.load_model(cfg.model.name_or_path, family=family), cfg.model, family, STEPS)
     state = load_file(str(run / "checkpoints/step-000004/model.safetensors"))
     missing, unexpected = as_trained.load_state_dict(state, strict=False)
-    assert not unexpected and all("lm_head" in k for k in missing)  # a tied head is stored once
+    owners: dict = {}
+    for name, p in as_trained.named_parameters(remove_duplicate=False):
+        owners.setdefault(p.data_ptr(), []).append(name)
+    tied = {n for names in owners.values() if len(names) > 1 for n in names}
+    assert not unexpected and set(missing) <= tied  # a tied weight is stored once
     saved, tok, encoder, _ = reload(run)
     ids = torch.tensor([encoder.encode_prompt(r["dialogue"])[0][:40] for r in zoo.corpus_rows(2, seed=3)])
+    inputs = {"input_ids": ids, **({"decoder_input_ids": ids[:, :5]} if family.name == "seq2seq" else {})}
     with torch.no_grad():
-        assert (as_trained.eval()(input_ids=ids).logits - saved(input_ids=ids).logits).abs().max() < 1e-5
+        assert (as_trained.eval()(**inputs).logits - saved(**inputs).logits).abs().max() < 1e-5
         base = models.load_model(cfg.model.name_or_path, family=family)
-        assert (base(input_ids=ids).logits - saved(input_ids=ids).logits).abs().max() > 1e-4  # it did learn
+        assert (base(**inputs).logits - saved(**inputs).logits).abs().max() > 1e-4  # it did learn
+
+
+@pytest.mark.parametrize("init, expected", [("default", True), ("gaussian", "gaussian")])
+def test_lora_settings_reach_peft(init, expected, zoo_models):
+    cfg = load_config(None, [f"model.name_or_path={zoo_models['t5']}", f"model.lora.init={init}", "model.lora.rslora=true",
+                             "model.lora.r=4", "model.lora.alpha=8", "model.lora.target_modules=[q,v]"])
+    family = models.model_family(cfg.model.name_or_path)
+    peft = models.apply_method(models.load_model(cfg.model.name_or_path, family=family), cfg.model, family, 4).peft_config
+    config = peft["default"]
+    assert (config.init_lora_weights, config.use_rslora, config.r, config.lora_alpha) == (expected, True, 4, 8)
+    assert set(config.target_modules) == {"q", "v"}
 
 
 def test_adalora_prunes_its_budget_to_target_r_and_the_ranks_survive_reloading(trained):
