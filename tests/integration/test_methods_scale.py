@@ -124,9 +124,17 @@ def test_each_method_under_ddp_zero2_and_zero3_computes_what_one_process_compute
         assert_same(run, ref)
         if rouge:  # the in-training ROUGE under ZeRO-3 saved a best/
             assert metrics["best_step"] == 3 and (run / "best/adapter_model.safetensors").is_file()
-    # The saved adapter is a plain peft folder.
-    loaded = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(t5["t5"]), str(tmp_path / "deepspeed_zero3"))
-    assert torch.isfinite(loaded(input_ids=torch.tensor([[4, 5, 6, 1]]), decoder_input_ids=torch.tensor([[0]])).logits).all()
+    # The adapter saved under ZeRO-3 is a plain peft folder, and merges into what base + adapter computes.
+    zero3 = tmp_path / "deepspeed_zero3"
+    loaded = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(t5["t5"]), str(zero3)).eval()
+    inputs = {"input_ids": torch.tensor([[4, 5, 6, 7, 8, 1]] * 2), "decoder_input_ids": torch.tensor([[0, 9, 10]] * 2)}
+    if methods.METHODS[method].mergeable:
+        from sumtune.export import export
+
+        export(zero3, tmp_path / "merged")
+        merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged").eval()
+        with torch.no_grad():
+            assert (loaded(**inputs).logits - merged(**inputs).logits).abs().max().item() < 1e-5
 
 
 def test_adalora_under_ddp_computes_what_one_process_computes_and_resumes_exactly_after_a_kill(t5, tmp_path):

@@ -442,3 +442,16 @@ def test_each_method_trains_on_an_8_and_4_bit_base_and_is_evaluated_on_it(method
     texts, _ = generate(Accelerator(cpu=True), model, tok, encoder, [r["dialogue"] for r in zoo.corpus_rows(2, seed=4)],
                         GenerationConfig(max_new_tokens=4, batch_size=2), progress=False)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    if method == "lora" and arch == "t5":
+        # Exported: merged into the FULL-PRECISION base, and said so; what base + adapter computes in fp32.
+        from transformers import AutoModelForSeq2SeqLM
+
+        from sumtune.export import export
+
+        info = export(saved, tmp_path / "merged")
+        assert info["trained_quantization"] == bits and "full-precision base" in info["note"]
+        full_precision = models.load_adapter(saved)  # the same adapter on the fp32 base
+        merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged").eval()
+        inputs = {"input_ids": torch.tensor([[4, 5, 6, 7, 1]]), "decoder_input_ids": torch.tensor([[0, 8, 9]])}
+        with torch.no_grad():
+            assert (full_precision(**inputs).logits - merged(**inputs).logits).abs().max().item() < 1e-5
