@@ -6,10 +6,10 @@ adapter can be merged into the base, and which combinations it refuses, in one l
 weight loads (the support matrix in the README is this table's ``refusal`` functions, each with a
 test):
 
-    methods.check(cfg, family, zero_stage)                 # at start-up: refuse what cannot work
-    model = methods.wrap(base, cfg.model, family, plan)    # the base wrapped for training
-    hook = methods.step_hook(model, cfg.model, accelerator)  # None for most methods
-    scale = methods.lr_scale(cfg.model)                    # LoRA+: per-parameter learning-rate factor
+    methods.check(cfg, family, zero_stage)                        # at start-up: refuse what cannot work
+    model = methods.wrap(base, cfg.model, family, plan.total_steps)  # the base wrapped for training
+    scale = methods.lr_scale(cfg.model)                           # LoRA+: a learning-rate factor per parameter
+    hook = methods.step_hook(prepared, cfg.model, accelerator)    # AdaLoRA's budget; None for the others
 
 Full fine-tuning is the entry with no peft config: the base trains as it is.
 """
@@ -25,9 +25,6 @@ import torch
 
 from sumtune.config import ModelConfig, RunConfig
 from sumtune.errors import ConfigError
-
-# What every check below is measured against (README, support matrix).
-TESTED_WITH = "peft 0.21.2, transformers 5.24, deepspeed 0.19.8"
 
 
 @dataclass(frozen=True)
@@ -77,8 +74,8 @@ def _adalora(s, family, model, cfg, total_steps):
     tinit = round(s.prune_start * total_steps)
     end = round(s.prune_end * total_steps)
     if end - tinit < 1:
-        raise ConfigError(f"model.adalora: pruning from step {tinit} to step {end} of {total_steps} covers no optimizer "
-                          "step; widen prune_start..prune_end or train for more steps")
+        raise ConfigError(f"model.adalora.prune_start: pruning from step {tinit} to step {end} of {total_steps} covers "
+                          "no optimizer step; widen prune_start..prune_end or train for more steps")
     return AdaLoraConfig(task_type=family.task_type, init_r=s.init_r, target_r=s.target_r, lora_alpha=s.alpha,
                          lora_dropout=s.dropout, target_modules=_targets(s, family), total_step=total_steps,
                          tinit=tinit, tfinal=total_steps - end, deltaT=s.delta_t, beta1=s.beta1, beta2=s.beta2,
@@ -175,9 +172,9 @@ def _refuse_lycoris(cfg: ModelConfig, family, stage):
 
 
 def _refuse_prefix(cfg: ModelConfig, family, stage):
-    return ("model.method=prefix: with " + TESTED_WITH.split(", deepspeed")[0] + ", generate() ignores the learned "
-            "prefix (measured: the summaries are the base model's, while training saw the prefix), so a prefix-tuned "
-            "model would be evaluated as its base; use method=prompt (prompt tuning) or lora")
+    return ("model.method=prefix: with peft 0.21 and transformers 5.24, generate() ignores the learned prefix "
+            "(measured: the summaries are the base model's, while training saw the prefix), so a prefix-tuned model "
+            "would be evaluated as its base; use method=prompt (prompt tuning) or lora")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -242,9 +239,8 @@ def wrap(model, cfg: ModelConfig, family, total_steps: int):
     peft_config = method.peft_config(settings(cfg), family, model, cfg, total_steps)
     try:
         wrapped = get_peft_model(model, peft_config)
-    except ValueError as err:
-        section = method.section
-        raise ConfigError(f"model.{section}.target_modules: {str(err).splitlines()[0]}") from None
+    except ValueError as err:  # peft's word for it (e.g. target modules the base does not have), in one line
+        raise ConfigError(f"model.{method.section}: {str(err).splitlines()[0]}") from None
     if cfg.method in ("lora", "dora") and cfg.lora.init in ("pissa", "olora"):
         remember_initial_adapter(wrapped)
     return wrapped

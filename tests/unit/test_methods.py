@@ -269,6 +269,18 @@ def test_lora_settings_reach_peft(init, expected, zoo_models):
     assert set(config.target_modules) == {"q", "v"}
 
 
+def test_target_modules_the_base_lacks_and_an_empty_adalora_window_are_one_line(zoo_models):
+    family = families.resolve(str(zoo_models["t5"]))
+    base = models.load_model(str(zoo_models["t5"]), family=family)
+    cfg = load_config(None, ["model.lora.target_modules=[q_proj]"])
+    with pytest.raises(ConfigError) as err:
+        models.apply_method(base, cfg.model, family, 10)
+    assert str(err.value).startswith("model.lora: ") and "q_proj" in str(err.value) and "\n" not in str(err.value)
+    cfg = load_config(None, ["model.method=adalora", "model.adalora.prune_start=0.5", "model.adalora.prune_end=0.6"])
+    with pytest.raises(ConfigError, match="^model.adalora.prune_start: pruning from step 2 to step 2 of 4 covers no"):
+        models.apply_method(base, cfg.model, family, 4)
+
+
 def test_adalora_prunes_its_budget_to_target_r_and_the_ranks_survive_reloading(trained):
     run = trained("t5", "adalora")
     adapter = json.loads((run / "adapter_config.json").read_text())
