@@ -79,7 +79,9 @@ def greedy_uncached(model, family, prompt: list[int], n: int, end: int) -> list[
             net = model.get_base_model() if hasattr(model, "get_base_model") else model
             start = net.config.decoder_start_token_id
             decoded = [start]
-            forced = getattr(net.config, "forced_bos_token_id", None)
+            # BART's first token is forced (bart-large-cnn's generation config; the zoo's BART likewise).
+            forced = getattr(net.generation_config, "forced_bos_token_id", None) or getattr(net.config, "forced_bos_token_id",
+                                                                                           None)
             for i in range(n):
                 logits = model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([decoded]),
                                use_cache=False).logits
