@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from sumtune import faults
-from sumtune.config import RunConfig, dump_yaml, to_dict
+from sumtune.config import RLConfig, RunConfig, dump_yaml, to_dict
 from sumtune.errors import DiskFullError, SumtuneError, is_disk_full
 
 CONFIG_FILE = "sumtune_config.yaml"
@@ -132,7 +132,7 @@ RESUME_HARMLESS = (
     "overwrite", "resume", "run_name", "output_dir", "model.gradient_checkpointing",
     "train.log_every", "train.eval_every", "train.eval_max_batches", "train.rouge_every", "train.rouge_examples",
     "train.best_metric", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
-    "data.max_eval_examples", "generation.", "eval.", "tracker.",
+    "data.max_eval_examples", "generation.", "eval.", "tracker.", "rl.samples_every", "rl.samples_rows", "rl.max_kl",
 )
 
 
@@ -206,7 +206,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # Keys added to the run config after checkpoints were first written, with the value that gives the
 # behaviour of the versions without them (group_size: any value, batches were not grouped).
 KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 256, "model.trust_remote_code": False,
-                    "model.family": "auto", "data.chat_template": "auto"}
+                    "model.family": "auto", "data.chat_template": "auto",
+                    # the RL recipe's section: runs from before it trained without it (its defaults)
+                    **_flat({"rl": to_dict(RLConfig())})}
 
 
 def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
