@@ -2,7 +2,7 @@
 penalty to the supervised model it starts from (a LoRA or full run folder, or a base model).
 
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml train/detox.py \
-        --config configs/train/flan_t5_base_detox_samsum.yaml model.name_or_path=outputs/flan-t5-base-lora-samsum
+        --config configs/train/flan_t5_base_detox_dialogsum.yaml
 
 On CPU (the detox demo): ACCELERATE_USE_CPU=true accelerate launch \
     --config_file configs/accelerate/cpu_2proc.yaml train/detox.py --config configs/train/demo_detox.yaml

@@ -230,12 +230,14 @@ class Family:
         return None
 
     def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, lockstep: bool = False,
-                 logprobs: bool = False) -> GenerationOutput:
+                 logprobs: bool = False, sampled: bool = False) -> GenerationOutput:
+        """``sampled``: every token of a row that never reached its end token was drawn (none is
+        padding), so none is stripped (a sampled pad id stays, as sampled)."""
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings,
                              synced_gpus=lockstep, return_dict_in_generate=True, output_logits=logprobs)
         new = self._new_tokens(out.sequences, input_ids)
         ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
-        ids = [_until_end(row, ends, settings.pad_token_id) for row in new.tolist()]
+        ids = [_until_end(row, ends, None if sampled else settings.pad_token_id) for row in new.tolist()]
         if not logprobs:
             return GenerationOutput(ids)
         if settings.num_beams != 1:
@@ -272,7 +274,7 @@ class Family:
         shipped = net.generation_config
         net.generation_config = HFGenerationConfig()
         try:
-            return self.generate(model, input_ids, attention_mask, settings, lockstep=lockstep)
+            return self.generate(model, input_ids, attention_mask, settings, lockstep=lockstep, sampled=True)
         finally:
             net.generation_config = shipped
 

@@ -147,3 +147,37 @@ def test_sampling_ignores_what_a_checkpoint_generation_config_adds(arch, models_
     assert any(len(row) > 1 for row in own)
     assert model.generation_config is shipped  # put back
     assert settings.top_k == 0 and settings.top_p == 1.0 and settings.do_sample and settings.num_beams == 1
+
+
+@pytest.mark.parametrize("arch, method", [("t5", "lora"), ("t5", "full"), ("llama", "lora"), ("llama", "full")])
+def test_kl_to_the_reference_is_zero_while_the_policy_is_the_start(arch, method, models_dir):
+    """The recipe's reference (the adapter disabled, or a frozen copy) scores sampled summaries
+    exactly as the untrained policy does: KL 0. One update later it does not, and a frozen copy
+    stays the start."""
+    from sumtune import rl
+    from sumtune.config import ModelConfig
+    from sumtune.recipes.detox import Reference
+
+    family, model, tok = load(models_dir[arch])
+    policy = models.apply_method(model, ModelConfig(method=method), family)
+    reference = Reference(policy)
+    assert (reference.copy is None) == (method == "lora")
+    prompt_ids = prompts(family, tok)
+    summaries, pad = sample(family, policy, tok, prompt_ids)
+    ids, mask = summary_batch(summaries, tok.pad_token_id)
+    batch = {"input_ids": pad["input_ids"], "attention_mask": pad["attention_mask"], "summary_ids": ids, "summary_mask": mask}
+
+    def kl():
+        with torch.no_grad():
+            logp, _ = family.summary_logprobs(policy, *batch.values())
+        return rl.sequence_kl(logp, reference.logprobs(family, policy, batch, 1.0), mask)
+
+    assert kl().tolist() == [0.0] * len(summaries)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in (reference.copy or policy).parameters()]
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    (-family.summary_logprobs(policy, *batch.values())[0].sum()).backward()
+    optimizer.step()
+    assert (kl().abs() > 1e-4).all()
+    if reference.copy is not None:
+        assert all(torch.equal(a, b) for a, b in zip(start, reference.copy.parameters()))
