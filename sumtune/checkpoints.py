@@ -37,8 +37,21 @@ def check_output_dir(cfg: RunConfig) -> None:
         )
 
 
+# The model files of a run folder: a LoRA run writes the adapter ones, a full run the others. A run
+# of the other method over it (overwrite=true) must not leave the earlier ones beside its own: an
+# adapter_config.json left there makes the folder load as that old adapter.
+MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "config.json",
+               "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
 def clear_finished(run_dir: Path) -> None:
-    """Remove what a finished earlier run left that this run will not rewrite (overwrite=true)."""
+    """Remove what a finished earlier run left that this run will not rewrite (overwrite=true).
+    Model files go only when sumtune wrote the folder as a finished run."""
+    if is_finished_run(run_dir):
+        for name in MODEL_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for shard in run_dir.glob("model-*-of-*.safetensors"):
+            shard.unlink()
     for name in ("best", "final", "best.tmp", "best.old", CHECKPOINTS):
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
