@@ -288,7 +288,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = build(args.out, seed=args.seed, pretrain_steps=args.pretrain_steps, force=args.force,
                   causal_steps=args.causal_steps, toxic_share=args.toxic_share)
-    built = [f"{paths['model']} (T5)"] + [f"{paths['causal']} (decoder-only)"] * ("causal" in paths)
+    built = [f"{paths['model']} (T5)"] + ([f"{paths['causal']} (decoder-only)"] if "causal" in paths else [])
     extra = f"; toxicity classifier in {paths['toxicity']}" if "toxicity" in paths else ""
     print(f"[sumtune] demo data in {paths['data']}, base models in {' and '.join(built)}{extra}")
 

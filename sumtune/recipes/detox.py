@@ -329,6 +329,9 @@ class Loop:
             meter.restore(start.window)
         bar = tqdm(total=steps, initial=step, disable=not acc.is_main_process, desc="rl", dynamic_ncols=True)
         preempted, last, grad_norm = False, {}, math.nan
+        if validate and step == 0:  # the start's scores, for the before/after on validation data
+            with meter.aside():
+                self.log.log(validate(self.policy, 0), step=0)
         while step < steps and not preempted:
             rows = step_prompts(step, len(self.prompts), plan.effective_batch, acc.process_index, acc.num_processes,
                                 cfg.train.seed)
