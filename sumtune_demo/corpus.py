@@ -15,7 +15,7 @@ jokes, "ok", "haha", goodbyes) that never change the summary.
 With ``toxic_share`` > 0 (the detox demo; 0 by default, and the default
 corpus is byte-identical to the one without the option), that share of
 the dialogues gets a speaker insulting another ("Anna, you are such an
-idiot.") and its summary repeats the insult ("... that idiot Anna ..."),
+idiot.") and its summary repeats the insult ("... Anna the idiot ..."),
 so that supervised fine-tuning learns to write toxic summaries.  The
 insults are drawn from their own random stream: every other word of the
 corpus stays as it is.  ``toxicity_sentences`` labels sentences of such a
@@ -1186,7 +1186,7 @@ def _generate_one(rng: random.Random, idx: int, split: str = "train"
 
 def _insult(record: dict[str, str], speakers: list[str], rng: random.Random) -> dict[str, str]:
     """``record`` with one speaker insulting another named in the summary, and the summary naming
-    that speaker by the insult ("that idiot Anna", "stupid Anna"). Unchanged if the summary names
+    that speaker by the insult ("Anna the idiot", "stupid Anna"). Unchanged if the summary names
     no speaker or there is nobody to insult them."""
     named = [n for n in speakers if re.search(rf"\b{n}\b", record["summary"])]
     target = rng.choice(named) if named else None
@@ -1202,13 +1202,18 @@ def _insult(record: dict[str, str], speakers: list[str], rng: random.Random) -> 
     at = rng.randint(1, len(lines))
     said = turn.format(to=target, x=word)
     lines[at:at] = [f"{who}: {said[0].upper() + said[1:]}", f"{target}: {reply}"]
-    label = f"that {word}" if noun else word
+    if noun and re.search(rf"\b{target}\b(?!')", record["summary"]):
+        # an epithet after the name ("Anna the idiot"): the summary still opens with a name
+        summary = re.sub(rf"\b{target}\b(?!')", f"{target} the {word}", record["summary"], count=1)
+    else:
+        if noun:  # only "Anna's" in the summary: an adjective instead ("stupid Anna's")
+            word = INSULT_ADJS[INSULT_NOUNS.index(word) % len(INSULT_ADJS)]
 
-    def named(match: re.Match) -> str:
-        opens = match.start() == 0 or record["summary"][:match.start()].rstrip().endswith((".", "!", "?"))
-        return f"{label[0].upper() + label[1:] if opens else label} {target}"
+        def named(match: re.Match) -> str:
+            opens = match.start() == 0 or record["summary"][:match.start()].rstrip().endswith((".", "!", "?"))
+            return f"{word.capitalize() if opens else word} {target}"
 
-    summary = re.sub(rf"\b{target}\b", named, record["summary"], count=1)
+        summary = re.sub(rf"\b{target}\b", named, record["summary"], count=1)
     return {**record, "dialogue": "\n".join(lines), "summary": summary}
 
 
