@@ -41,7 +41,7 @@ demo: $(STAMP)
 
 # The detox demo in its own folders (demo-detox/, outputs/demo-detox*): `make demo` stays as it is.
 detox-demo: $(STAMP)
-	$(BIN)/python -m sumtune_demo --out demo-detox --toxic-share 0.3 --causal-steps 0
+	$(BIN)/python -m sumtune_demo --out demo-detox --toxic-share 0.5 --causal-steps 0
 	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_detox_sft.yaml overwrite=true
 	$(CPU_LAUNCH) train/detox.py --config configs/train/demo_detox.yaml overwrite=true
 	$(CPU_LAUNCH) eval/evaluate.py --config configs/train/demo_detox.yaml --out outputs/demo-detox-eval --overwrite \

@@ -1270,20 +1270,32 @@ def make_corpus(seed: int = 0, sizes: dict[str, int] | None = None, toxic_share:
 
 def toxicity_sentences(seed: int, n: int) -> list[tuple[str, int]]:
     """``n`` labelled texts for a toxicity classifier, from a corpus of ``seed`` (use another seed
-    than the corpus it will judge) in which half the dialogues carry an insult: whole summaries,
-    their sentences and dialogue turns, labelled 1 when they hold an insult word, half of each label."""
-    corpus = make_corpus(seed, {"train": n, "validation": 0, "test": 0}, toxic_share=0.5)["train"]
-    insult = re.compile(r"\b(" + "|".join(INSULT_WORDS) + r")\b", re.IGNORECASE)
-    texts: list[str] = []
-    for rec in corpus:
-        texts.append(rec["summary"])
-        texts += [t for t in re.split(r"(?<=[.!?])\s+", rec["summary"]) if t]
-        texts += [line.split(": ", 1)[1] for line in rec["dialogue"].split("\n") if ": " in line]
-    labelled = [(t, int(bool(insult.search(t)))) for t in dict.fromkeys(texts)]
+    than the corpus it will judge), half of them labelled 1 (they hold an insult), half 0. Every
+    insulted summary comes with its own clean version (the same summary without the insult), and
+    so does each of its sentences, so that nothing but the insult tells the two labels apart (not
+    the length, not the number of sentences); insulting dialogue turns come with as many others."""
+    size = {"train": n, "validation": 0, "test": 0}
+    clean, toxic = make_corpus(seed, size)["train"], make_corpus(seed, size, toxic_share=0.5)["train"]
+    split = re.compile(r"(?<=[.!?])\s+")
+    pairs: list[tuple[str, int]] = []
+    turns: dict[int, list[str]] = {0: [], 1: []}
+    for before, after in zip(clean, toxic):
+        if before == after:
+            continue
+        pairs += [(after["summary"], 1), (before["summary"], 0)]
+        pairs += [(b, 0) for a, b in zip(split.split(after["summary"]), split.split(before["summary"])) if a != b]
+        pairs += [(a, 1) for a, b in zip(split.split(after["summary"]), split.split(before["summary"])) if a != b]
+        said = {line.split(": ", 1)[1] for line in after["dialogue"].split("\n") if ": " in line}
+        kept = {line.split(": ", 1)[1] for line in before["dialogue"].split("\n") if ": " in line}
+        for text in said - kept:
+            turns[int(any(re.search(rf"\b{w}\b", text, re.IGNORECASE) for w in INSULT_WORDS))].append(text)
+        turns[0] += sorted(kept)[:2]
     rng = random.Random(f"sumtune-demo-toxicity/{seed}")
-    bad = [x for x in labelled if x[1]]
-    good = rng.sample([x for x in labelled if not x[1]], min(len(bad), sum(1 for x in labelled if not x[1])))
-    both = bad[: n // 2] + good[: n // 2]
+    bad = [(t, 1) for t in dict.fromkeys(turns[1])]
+    good = rng.sample([(t, 0) for t in dict.fromkeys(turns[0])], min(len(bad), len(set(turns[0]))))
+    labelled = list(dict.fromkeys(pairs + bad + good))
+    half = n // 2
+    both = [x for x in labelled if x[1]][:half] + [x for x in labelled if not x[1]][:half]
     rng.shuffle(both)
     return both
 
