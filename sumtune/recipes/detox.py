@@ -335,7 +335,7 @@ class Loop:
         while step < steps and not preempted:
             rows = step_prompts(step, len(self.prompts), plan.effective_batch, acc.process_index, acc.num_processes,
                                 cfg.train.seed)
-            rollout = self.rollout(rows, step + 1)
+            rollout = self.rollout(rows)
             self.policy.train()
             for _ in range(r.epochs):
                 for batch in rollout.batches:
@@ -377,7 +377,7 @@ class Loop:
         return final
 
     @torch.no_grad()
-    def rollout(self, rows: list[int], step: int) -> Rollout:
+    def rollout(self, rows: list[int]) -> Rollout:
         """Sample, score and compare to the reference: the micro-batches of the update."""
         acc, r, family = self.acc, self.r, self.family
         net = acc.unwrap_model(self.policy)
