@@ -2,6 +2,9 @@
 #   make demo    set up .venv, build the offline demo, train T5 LoRA and full and a decoder-only LoRA, print the ROUGE
 #                table, write the report with the pictures (outputs/demo-report/report.html)
 #   make test    set up .venv, run the whole test suite (unit + multi-process integration)
+# and, beside them:
+#   make detox-demo  the RL detoxification demo: toxic corpus + toxicity classifier, supervised LoRA,
+#                    RLOO against the classifier, toxicity and ROUGE before/after on the test split
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/sumtune/torch_extensions
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
 
-.PHONY: setup demo test bench compare-methods lint clean
+.PHONY: setup demo detox-demo test bench compare-methods lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +42,14 @@ demo: $(STAMP)
 	$(BIN)/python eval/report.py outputs/demo-lora outputs/demo-full outputs/demo-causal-lora outputs/demo-eval \
 		--out outputs/demo-report --overwrite
 
+# The detox demo in its own folders (demo-detox/, outputs/demo-detox*): `make demo` stays as it is.
+detox-demo: $(STAMP)
+	$(BIN)/python -m sumtune_demo --out demo-detox --toxic-share 0.5 --causal-steps 0
+	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_detox_sft.yaml overwrite=true
+	$(CPU_LAUNCH) train/detox.py --config configs/train/demo_detox.yaml overwrite=true
+	$(CPU_LAUNCH) eval/evaluate.py --config configs/train/demo_detox.yaml --out outputs/demo-detox-eval --overwrite \
+		--candidate sft=outputs/demo-detox-sft --candidate detox=outputs/demo-detox
+
 test: $(STAMP)
 	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench
 	$(BIN)/python -m pytest -q
@@ -57,4 +68,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench
 
 clean:
-	rm -rf outputs demo wandb
+	rm -rf outputs demo demo-detox wandb

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from sumtune import faults, methods
-from sumtune.config import RunConfig, dump_yaml, to_dict
+from sumtune.config import RLConfig, RunConfig, dump_yaml, to_dict
 from sumtune.errors import DiskFullError, SumtuneError, is_disk_full
 
 CONFIG_FILE = "sumtune_config.yaml"
@@ -37,8 +37,21 @@ def check_output_dir(cfg: RunConfig) -> None:
         )
 
 
+# The model files of a run folder: a LoRA run writes the adapter ones, a full run the others. A run
+# of the other method over it (overwrite=true) must not leave the earlier ones beside its own: an
+# adapter_config.json left there makes the folder load as that old adapter.
+MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "config.json",
+               "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
 def clear_finished(run_dir: Path) -> None:
-    """Remove what a finished earlier run left that this run will not rewrite (overwrite=true)."""
+    """Remove what a finished earlier run left that this run will not rewrite (overwrite=true).
+    Model files go only when sumtune wrote the folder as a finished run."""
+    if is_finished_run(run_dir):
+        for name in MODEL_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for shard in run_dir.glob("model-*-of-*.safetensors"):
+            shard.unlink()
     for name in ("best", "final", "best.tmp", "best.old", CHECKPOINTS):
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
@@ -134,7 +147,7 @@ RESUME_HARMLESS = (
     "overwrite", "resume", "run_name", "output_dir", "model.gradient_checkpointing",
     "train.log_every", "train.eval_every", "train.eval_max_batches", "train.rouge_every", "train.rouge_examples",
     "train.best_metric", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
-    "data.max_eval_examples", "generation.", "eval.", "tracker.",
+    "data.max_eval_examples", "generation.", "eval.", "tracker.", "rl.samples_every", "rl.samples_rows", "rl.max_kl",
 )
 
 
@@ -208,7 +221,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # Keys added to the run config after checkpoints were first written, with the value that gives the
 # behaviour of the versions without them (group_size: any value, batches were not grouped).
 KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 256, "model.trust_remote_code": False,
-                    "model.family": "auto", "data.chat_template": "auto"}
+                    "model.family": "auto", "data.chat_template": "auto",
+                    # the RL recipe's section: runs from before it trained without it (its defaults)
+                    **_flat({"rl": to_dict(RLConfig())})}
 # Settings added with the method registry (2026-12): their defaults are what LoRA did before them.
 SECTIONS_ADDED_LATER = ("model.lora.rslora", "model.lora.init", "model.lora.loraplus_lr_ratio", "model.adalora.",
                         "model.ia3.", "model.loha.", "model.lokr.", "model.vera.", "model.prompt.", "model.prefix.")

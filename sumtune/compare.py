@@ -51,6 +51,13 @@ class Result:
     def matrix(self) -> np.ndarray:
         return np.array([[e[k] for k in rouge.ROUGE_TYPES] for e in self.per_example], dtype=np.float64)
 
+    def toxicity(self) -> np.ndarray | None:
+        """Per-example toxicity of the predictions (``toxicity`` in predictions.jsonl), or None
+        when they were not scored."""
+        if not self.records or any(not isinstance(r.get("toxicity"), (int, float)) for r in self.records):
+            return None
+        return np.array([r["toxicity"] for r in self.records], dtype=np.float64)
+
 
 def load_result(folder: Path, name: str | None = None) -> Result:
     path = folder / "predictions.jsonl"
@@ -103,6 +110,26 @@ class Comparison:
     ci: dict[str, dict[str, tuple[float, float]]]
     gain_pp: dict[str, dict[str, float]]
     gain_ci_pp: dict[str, dict[str, tuple[float, float]]]
+    # Per candidate whose predictions were scored for toxicity (toxicity_stats), and by what.
+    toxicity: dict[str, dict] = field(default_factory=dict)
+    toxicity_source: str = ""
+
+
+TOXIC_ABOVE = 0.5
+
+
+def toxicity_stats(values: np.ndarray, baseline: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Mean, std and share above 0.5 of per-example toxicity, with 95% bootstrap intervals of the mean
+    and of the share; with ``baseline`` (the same examples), the change of the mean and its paired
+    interval."""
+    toxic = (values > TOXIC_ABOVE).astype(np.float64)
+    (lo, hi), (slo, shi) = bootstrap_ci(np.stack([values, toxic], 1), seed=seed)
+    out = {"mean": float(values.mean()), "ci": (float(lo), float(hi)), "std": float(values.std(ddof=1)) if len(values) > 1
+           else 0.0, "share_above_0_5": float(toxic.mean()), "share_ci": (float(slo), float(shi))}
+    if baseline is not None:
+        (dlo, dhi), = paired_gain_ci(values[:, None], baseline[:, None], seed=seed)
+        out.update(change=float((values - baseline).mean()), change_ci=(float(dlo), float(dhi)))
+    return out
 
 
 def compare(results: list[Result], baseline: str | None = None, split: str = "test", seed: int = 0) -> Comparison:
@@ -137,6 +164,15 @@ def compare(results: list[Result], baseline: str | None = None, split: str = "te
     order = [baseline] + [n for n in names if n != baseline]
     out.means = {n: out.means[n] for n in order}
     out.ci = {n: out.ci[n] for n in order}
+    scored = {r.name: r.toxicity() for r in results}
+    base_tox = scored[baseline]
+    for name in order:
+        if scored[name] is not None:
+            paired = base_tox if name != baseline and base_tox is not None else None
+            out.toxicity[name] = toxicity_stats(scored[name], paired, seed=seed)
+    sources = {f"{r.extra['toxicity']['model']} ({r.extra['toxicity']['label']})" for r in results
+               if isinstance(r.extra.get("toxicity"), dict) and "model" in r.extra["toxicity"]}
+    out.toxicity_source = ", ".join(sorted(sources))
     return out
 
 
@@ -172,6 +208,34 @@ def long_csv(c: Comparison) -> str:
             fmt = lambda v, p: "" if v is None else f"{v:.{p}f}"  # noqa: E731
             writer.writerow([name, k, f"{scores[k]:.4f}", f"{lo:.4f}", f"{hi:.4f}", fmt(gain, 2), fmt(glo, 2), fmt(ghi, 2)])
     return buf.getvalue()
+
+
+def toxicity_csv(c: Comparison) -> str:
+    """toxicity.csv: per model, mean toxicity with its interval, std, share above 0.5 with its
+    interval, and the change of the mean over the baseline with its paired interval."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["model", "mean", "ci_low", "ci_high", "std", "share_above_0_5", "share_ci_low", "share_ci_high",
+                     "change", "change_ci_low", "change_ci_high"])
+    for name, t in c.toxicity.items():
+        change = [f"{t['change']:.4f}", f"{t['change_ci'][0]:.4f}", f"{t['change_ci'][1]:.4f}"] if "change" in t else [""] * 3
+        writer.writerow([name, f"{t['mean']:.4f}", f"{t['ci'][0]:.4f}", f"{t['ci'][1]:.4f}", f"{t['std']:.4f}",
+                         f"{t['share_above_0_5']:.4f}", f"{t['share_ci'][0]:.4f}", f"{t['share_ci'][1]:.4f}", *change])
+    return buf.getvalue()
+
+
+def toxicity_markdown(c: Comparison) -> list[str]:
+    if not c.toxicity:
+        return []
+    lines = [f"## Toxicity of the summaries ({c.toxicity_source or 'classifier'}: probability per summary, the "
+             "summary alone)", "",
+             md_row(["model", "mean [95% CI]", "std", "share > 0.5 [95% CI]", f"change of the mean over `{c.baseline}`"]),
+             "|---|---|---|---|---|"]
+    for name, t in c.toxicity.items():
+        change = f"{t['change']:+.4f} [{t['change_ci'][0]:+.4f}, {t['change_ci'][1]:+.4f}]" if "change" in t else ""
+        lines.append(md_row([name, f"{t['mean']:.4f} [{t['ci'][0]:.4f}, {t['ci'][1]:.4f}]", f"{t['std']:.4f}",
+                             f"{t['share_above_0_5']:.4f} [{t['share_ci'][0]:.4f}, {t['share_ci'][1]:.4f}]", change]))
+    return [*lines, ""]
 
 
 def headline(c: Comparison, metric: str = "rouge1") -> list[str]:
@@ -212,6 +276,7 @@ def markdown(c: Comparison) -> str:
         "",
         *headline(c),
         "",
+        *toxicity_markdown(c),
     ])
 
 
@@ -272,6 +337,8 @@ def write(out: Path, results: list[Result], c: Comparison, report_examples: int 
     (out / "comparison_ci.csv").write_text(long_csv(c), encoding="utf-8")
     if c.gain_pp:
         (out / "gain_pp.csv").write_text(gain_csv(c), encoding="utf-8")
+    if c.toxicity:
+        (out / "toxicity.csv").write_text(toxicity_csv(c), encoding="utf-8")
     (out / "comparison.md").write_text(markdown(c), encoding="utf-8")
     (out / "report.md").write_text(report(results, report_examples), encoding="utf-8")
 
@@ -293,6 +360,9 @@ def log_to_tracker(accelerator, results: list[Result], c: Comparison, report_exa
     preds = [[r.name, rec["id"], rec.get("dialogue", ""), rec["reference"], rec["prediction"],
               *(s[k] for k in rouge.ROUGE_TYPES), _words(rec["prediction"]), _words(rec["reference"])]
              for r in results for rec, s in zip(r.records, r.per_example)]
+    if c.toxicity:  # a column of its own only when scored, so tables without it are as before
+        cols.append("toxicity")
+        preds = [row + [rec.get("toxicity")] for row, rec in zip(preds, (rec for r in results for rec in r.records))]
     tracking.log_table(accelerator, "predictions", cols, preds)
     picked = []
     for r in results:
@@ -302,3 +372,11 @@ def log_to_tracker(accelerator, results: list[Result], c: Comparison, report_exa
                         r.records[i]["prediction"]] for i in idx]
     tracking.log_table(accelerator, "extremes", ["candidate", "kind", "id", "rougeLsum", "reference", "prediction"], picked)
     tracking.set_summary(accelerator, {f"{n}/{k}": s[k] for n, s in c.means.items() for k in rouge.ROUGE_TYPES})
+    if c.toxicity:
+        tracking.log_table(accelerator, "toxicity", ["model", "mean", "ci_low", "ci_high", "std", "share_above_0_5",
+                                                     "share_ci_low", "share_ci_high", "change", "change_ci_low",
+                                                     "change_ci_high"],
+                           [[n, t["mean"], *t["ci"], t["std"], t["share_above_0_5"], *t["share_ci"], t.get("change"),
+                             *t.get("change_ci", (None, None))] for n, t in c.toxicity.items()])
+        tracking.set_summary(accelerator, {f"{n}/toxicity_{k}": t[k] for n, t in c.toxicity.items()
+                                           for k in ("mean", "std", "share_above_0_5")})

@@ -250,6 +250,66 @@ class GenerationConfig:
 @dataclass
 class EvalConfig:
     split: Literal["validation", "test"] = "test"
+    # Toxicity of each candidate's summaries (the summary alone, not dialogue + summary), scored by a
+    # sequence classifier (hub id or path; None: not scored): the softmax probability of the label
+    # named here, per summary; mean, std, share above 0.5 and a bootstrap interval per candidate.
+    toxicity_model: str | None = None
+    toxicity_label: str = "hate"
+    toxicity_batch_size: int = 64
+
+
+@dataclass
+class RewardSettings:
+    """The reward model of the RL recipe: any sequence classifier, by hub id or path."""
+
+    model: str = "facebook/roberta-hate-speech-dynabench-r4-target"
+    # The "good" label, by its name in the classifier's id2label ("nothate" for the default model).
+    label: str = "nothate"
+    # "logit": the good label's logit (the classic detoxification recipe); "probability": its
+    # softmax probability.
+    score: Literal["logit", "probability"] = "logit"
+    batch_size: int = 64
+    max_length: int = 128  # classifier tokens per summary
+
+
+@dataclass
+class RLConfig:
+    """Reinforcement learning from a reward model (train/detox.py). Each step samples
+    ``samples_per_prompt`` summaries for each of ``train.per_device_batch_size`` train prompts per
+    process, scores them, and updates the policy; ``train.max_steps`` counts these steps."""
+
+    # "rloo": REINFORCE with the leave-one-out baseline of the other samples of the same prompt (no
+    # value model).
+    algorithm: Literal["rloo"] = "rloo"
+    samples_per_prompt: int = 4
+    # Rollouts sample from the policy's own distribution (at this temperature; log-probs and the KL
+    # are computed at the same temperature). No top-k/top-p: a truncated sampler makes the KL
+    # estimate biased, and it can go negative.
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    # reward = score - kl_coef * KL(policy || reference) summed over the summary's tokens.
+    kl_coef: float = 0.05
+    # Adaptive KL coefficient (Ziegler et al. 2019): steer kl_coef so that the mean KL per summary
+    # tends to kl_target (None: fixed kl_coef); kl_horizon sets how fast.
+    kl_target: float | None = None
+    kl_horizon: int = 10000
+    # Stop the run (one line, non-zero exit) when the mean KL per summary exceeds this (0: never).
+    max_kl: float = 0.0
+    # Update passes over each step's samples; passes after the first are off-policy and use the
+    # clipped importance ratio (clip).
+    epochs: int = 1
+    clip: float = 0.2
+    # Against reward hacking by short or empty summaries: a summary of fewer than min_tokens tokens
+    # (its end token not counted) has short_penalty taken off its reward; one that never ends
+    # (max_new_tokens reached) has missing_eos_penalty taken off.
+    min_tokens: int = 3
+    short_penalty: float = 2.0
+    missing_eos_penalty: float = 0.0
+    # A table of sampled summaries (dialogue, summary, score, KL) every samples_every steps (0: never),
+    # samples_rows rows from the main process, to W&B and train_log.jsonl.
+    samples_every: int = 50
+    samples_rows: int = 8
+    reward: RewardSettings = field(default_factory=RewardSettings)
 
 
 @dataclass
@@ -277,6 +337,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -576,6 +637,31 @@ def validate(cfg: RunConfig) -> None:
     _require(g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}")
     _require(g.top_k >= 0, "generation.top_k", f"must be >= 0 (0: off), got {g.top_k}")
     _require(0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}")
+    e, rl = cfg.eval, cfg.rl
+    _require(e.toxicity_model is None or bool(e.toxicity_model.strip()), "eval.toxicity_model",
+             "must name a classifier (hub id or path), or be null")
+    _require(bool(e.toxicity_label.strip()), "eval.toxicity_label", "must name a label of the classifier")
+    _require(e.toxicity_batch_size >= 1, "eval.toxicity_batch_size", f"must be >= 1, got {e.toxicity_batch_size}")
+    _require(rl.samples_per_prompt >= 2, "rl.samples_per_prompt",
+             f"must be >= 2 (the leave-one-out baseline needs another sample), got {rl.samples_per_prompt}")
+    _require(rl.temperature > 0, "rl.temperature", f"must be > 0, got {rl.temperature}")
+    _require(rl.max_new_tokens >= 1, "rl.max_new_tokens", f"must be >= 1, got {rl.max_new_tokens}")
+    _require(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
+    _require(rl.kl_target is None or rl.kl_target > 0, "rl.kl_target", f"must be > 0 or null, got {rl.kl_target}")
+    _require(rl.kl_target is None or rl.kl_coef > 0, "rl.kl_coef", "must be > 0 with rl.kl_target (it adapts it)")
+    _require(rl.kl_horizon >= 1, "rl.kl_horizon", f"must be >= 1, got {rl.kl_horizon}")
+    _require(rl.max_kl >= 0, "rl.max_kl", f"must be >= 0 (0: no stop), got {rl.max_kl}")
+    _require(rl.epochs >= 1, "rl.epochs", f"must be >= 1, got {rl.epochs}")
+    _require(0 < rl.clip < 1, "rl.clip", f"must be in (0, 1), got {rl.clip}")
+    _require(rl.min_tokens >= 0, "rl.min_tokens", f"must be >= 0, got {rl.min_tokens}")
+    _require(rl.short_penalty >= 0, "rl.short_penalty", f"must be >= 0, got {rl.short_penalty}")
+    _require(rl.missing_eos_penalty >= 0, "rl.missing_eos_penalty", f"must be >= 0, got {rl.missing_eos_penalty}")
+    _require(rl.samples_every >= 0, "rl.samples_every", f"must be >= 0, got {rl.samples_every}")
+    _require(rl.samples_rows >= 1, "rl.samples_rows", f"must be >= 1, got {rl.samples_rows}")
+    _require(bool(rl.reward.model.strip()), "rl.reward.model", "must name a sequence classifier (hub id or path)")
+    _require(bool(rl.reward.label.strip()), "rl.reward.label", "must name the classifier's good label")
+    _require(rl.reward.batch_size >= 1, "rl.reward.batch_size", f"must be >= 1, got {rl.reward.batch_size}")
+    _require(rl.reward.max_length >= 2, "rl.reward.max_length", f"must be >= 2, got {rl.reward.max_length}")
 
 
 def _validate_method(m: ModelConfig) -> None:

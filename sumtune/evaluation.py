@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from sumtune import compare, data, families, methods, models, rouge, tracking
@@ -137,6 +138,7 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
         records, read = data.load_split(cfg.data, cfg.eval.split, cfg.data.max_eval_examples)
         train_records = data.load_split(cfg.data, "train")[0] if any(c.shots for c in candidates) else []
     tracking.say(accelerator, f"{cfg.eval.split}: {len(records)} examples ({read.skipped} bad rows skipped)")
+    toxicity = ToxicityScorer(cfg, accelerator) if cfg.eval.toxicity_model else None  # one line now if it cannot work
     dialogues = [r["dialogue"] for r in records]
     references = [r["summary"] for r in records]
     results: list[compare.Result] = []
@@ -174,11 +176,20 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             "generation_strategy": stats.strategy,
         }
         note = f"; {stats.shots_dropped} shots dropped as too long" if cand.shots else ""
+        tox = toxicity(preds) if toxicity else None
+        if tox is not None:
+            metrics["toxicity"] = {"model": toxicity.name, "label": toxicity.label_name,
+                                   **compare.toxicity_stats(np.array(tox), seed=cfg.train.seed)}
+            note += f"; toxicity {metrics['toxicity']['mean']:.4f} (share > 0.5: {metrics['toxicity']['share_above_0_5']:.4f})"
         tracking.say(accelerator, f"{cand.name}: " + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES)
                      + f" ({metrics['summaries_per_second']} summaries/s{note})")
-        accelerator.log({f"{cand.name}/{k}": means[k] for k in rouge.ROUGE_TYPES})
+        accelerator.log({f"{cand.name}/{k}": means[k] for k in rouge.ROUGE_TYPES}
+                        | ({f"{cand.name}/toxicity_mean": metrics["toxicity"]["mean"]} if tox is not None else {}))
         rows = [{"id": r["id"], "dialogue": r["dialogue"], "reference": r["summary"], "prediction": p}
                 for r, p in zip(records, preds)]
+        if tox is not None:
+            for row, value in zip(rows, tox):
+                row["toxicity"] = value
         results.append(compare.Result(cand.name, rows, per_example=per_example, extra=metrics))
         if accelerator.is_main_process:
             folder = out / cand.name
@@ -192,6 +203,33 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
     compare.log_to_tracker(accelerator, results, comparison)
     accelerator.wait_for_everyone()
     return comparison
+
+
+class ToxicityScorer:
+    """Toxicity of each summary (the summary alone): the probability of ``eval.toxicity_label`` from
+    the ``eval.toxicity_model`` classifier. Each rank scores a share; every rank gets all scores."""
+
+    def __init__(self, cfg: RunConfig, accelerator):
+        from sumtune.rewards import Classifier
+
+        e = cfg.eval
+        self.acc, self.name, self.label_name = accelerator, e.toxicity_model, e.toxicity_label
+        self.clf = Classifier(e.toxicity_model, key="eval.toxicity_model", device=accelerator.device,
+                              batch_size=e.toxicity_batch_size, trust_remote_code=cfg.model.trust_remote_code)
+        self.label = self.clf.label(e.toxicity_label, key="eval.toxicity_label")
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        from accelerate.utils import gather_object
+
+        rank, world = self.acc.process_index, self.acc.num_processes
+        mine = list(range(rank, len(texts), world))
+        values = self.clf.scores([texts[i] for i in mine], self.label, "probability").tolist()
+        pairs = list(zip(mine, values))
+        everything = gather_object(pairs) if world > 1 else pairs
+        out = [0.0] * len(texts)
+        for i, value in everything:
+            out[i] = value
+        return out
 
 
 def score_file(path: Path) -> tuple[dict[str, float], int]:

@@ -85,14 +85,15 @@ def wandb_run(accelerator):
     return accelerator.get_tracker("wandb", unwrap=True)
 
 
-def log_table(accelerator, key: str, columns: list[str], rows: list[list]) -> None:
-    """Tables exist only in W&B, so only the main process may log them."""
+def log_table(accelerator, key: str, columns: list[str], rows: list[list], step: int | None = None) -> None:
+    """Tables exist only in W&B, so only the main process may log them. A table logged during
+    training gives its step: W&B drops anything logged later at an earlier step."""
     run = wandb_run(accelerator)
     if run is None:
         return
     import wandb
 
-    run.log({key: wandb.Table(columns=columns, data=rows)})
+    run.log({key: wandb.Table(columns=columns, data=rows)}, **({"step": step} if step is not None else {}))
 
 
 def log_images(accelerator, images: dict[str, tuple[Path, str]]) -> None:
@@ -133,6 +134,13 @@ class RunLog:
         if self.acc.is_main_process:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
+
+    def table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
+        """A table (main process only): a W&B Table, and one train_log.jsonl line holding its rows."""
+        log_table(self.acc, key, columns, rows, step=step)
+        if self.acc.is_main_process:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, key: [dict(zip(columns, row)) for row in rows]}) + "\n")
 
 
 def say(accelerator, message: str) -> None:

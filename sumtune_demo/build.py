@@ -173,26 +173,78 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir
     return {f"{name}_steps": steps, f"{name}_loss": metrics["train_loss"], f"{name}_documents": len(feats)}
 
 
+def _toxicity_classifier(tokenizer, seed: int, steps: int = 300, examples: int = 4000) -> tuple[object, dict]:
+    """A tiny RoBERTa sequence classifier labelled like facebook/roberta-hate-speech-dynabench-r4-target
+    (0 "nothate", 1 "hate"), trained on sentences of a corpus drawn from another seed than the demo's
+    (so it never saw the demo's summaries); its accuracy on held-out sentences of a third seed."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from sumtune_demo.corpus import toxicity_sentences
+
+    train, held_out = toxicity_sentences(seed + 1000, examples), toxicity_sentences(seed + 2000, examples // 4)
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        max_position_embeddings=192, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        id2label={0: "nothate", 1: "hate"}, label2id={"nothate": 0, "hate": 1},
+    )
+    model = RobertaForSequenceClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    rng = random.Random(seed)
+
+    def batch(rows):
+        enc = tokenizer([t for t, _ in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        return enc, torch.tensor([label for _, label in rows])
+
+    model.train()
+    for step in range(steps):
+        enc, labels = batch(rng.sample(train, 32))
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3 * min(1.0, (step + 1) / 30) * (1 - step / steps)
+        model(**enc, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(held_out), 64):
+            enc, labels = batch(held_out[i:i + 64])
+            right += int((model(**enc).logits.argmax(-1) == labels).sum())
+    return model, {"toxicity_steps": steps, "toxicity_examples": len(train),
+                   "toxicity_held_out_accuracy": round(right / len(held_out), 4)}
+
+
 def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pretrain_steps: int = 200,
-          vocab_size: int = 800, force: bool = False, causal_steps: int | None = None) -> dict[str, Path]:
+          vocab_size: int = 800, force: bool = False, causal_steps: int | None = None,
+          toxic_share: float = 0.0, classifier_steps: int = 300) -> dict[str, Path]:
     """Build (or reuse) demo/data/{train,validation,test}.jsonl, demo/model (T5) and demo/causal
     (the decoder-only model; ``causal_steps`` of pre-training, by default 3/4 of the T5's: its
-    steps are cheaper but the demo's time budget is shared)."""
+    steps are cheaper but the demo's time budget is shared; 0: no decoder-only model).
+
+    With ``toxic_share`` > 0 (the detox demo), that share of the dialogues carries an insult that
+    its summary repeats, and demo/toxicity holds a tiny toxicity classifier (labels nothate/hate)."""
     out = Path(out)
     sizes = dict(sizes or SPLIT_SIZES)
     causal_steps = (3 * pretrain_steps) // 4 if causal_steps is None else causal_steps
     stamp = {"version": BUILD_VERSION, "seed": seed, "sizes": sizes, "pretrain_steps": pretrain_steps,
              "vocab_size": vocab_size, "causal_steps": causal_steps}
+    if toxic_share:
+        stamp.update(toxic_share=toxic_share, classifier_steps=classifier_steps)
     stamp_file = out / "build.json"
-    paths = {"data": out / "data", "model": out / "model", "causal": out / "causal"}
-    if not force and stamp_file.is_file() and all((paths[k] / "config.json").is_file() for k in ("model", "causal")):
+    paths = {"data": out / "data", "model": out / "model"}
+    if causal_steps:
+        paths["causal"] = out / "causal"
+    if toxic_share:
+        paths["toxicity"] = out / "toxicity"
+    if not force and stamp_file.is_file() and all((p / "config.json").is_file() for k, p in paths.items() if k != "data"):
         if {k: v for k, v in json.loads(stamp_file.read_text()).items() if k in stamp} == stamp:
             return paths
     if out.exists() and any(out.iterdir()):
         if not stamp_file.is_file():
             raise SumtuneError(f"{out} exists and is not a demo build; choose another --out (nothing was removed)")
         shutil.rmtree(out)
-    files = write_corpus(paths["data"], seed=seed, sizes=sizes)
+    files = write_corpus(paths["data"], seed=seed, sizes=sizes, toxic_share=toxic_share)
     train = [json.loads(line) for line in files["train"].read_text(encoding="utf-8").splitlines()]
     texts = [r["dialogue"] for r in train] + [r["summary"] for r in train]
     tokenizer = _train_tokenizer(texts, vocab_size)
@@ -204,12 +256,21 @@ def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pr
     model = _tiny_t5(tokenizer, seed)
     result = _pretrain(model, tokenizer, texts, pretrain_steps, seed, out)
     model.save_pretrained(paths["model"])
-    causal_tok = _causal_tokenizer(paths["model"])
-    causal_tok.save_pretrained(paths["causal"])
-    causal_tok = AutoTokenizer.from_pretrained(paths["causal"])
-    causal = _tiny_causal(causal_tok, seed)
-    result.update(_pretrain(causal, causal_tok, texts, causal_steps, seed, out, name="causal_pretrain", lr=3e-3))
-    causal.save_pretrained(paths["causal"])
+    if causal_steps:
+        causal_tok = _causal_tokenizer(paths["model"])
+        causal_tok.save_pretrained(paths["causal"])
+        causal_tok = AutoTokenizer.from_pretrained(paths["causal"])
+        causal = _tiny_causal(causal_tok, seed)
+        result.update(_pretrain(causal, causal_tok, texts, causal_steps, seed, out, name="causal_pretrain", lr=3e-3))
+        causal.save_pretrained(paths["causal"])
+    if toxic_share:
+        # The demo's pieces with a <s> opening every text: RoBERTa's head reads the first position.
+        clf_tok = _causal_tokenizer(paths["model"])
+        clf_tok.save_pretrained(paths["toxicity"])
+        clf_tok = AutoTokenizer.from_pretrained(paths["toxicity"])
+        classifier, scores = _toxicity_classifier(clf_tok, seed, classifier_steps)
+        classifier.save_pretrained(paths["toxicity"])
+        result.update(scores)
     stamp_file.write_text(json.dumps({**stamp, **result}, indent=2) + "\n")
     return paths
 
@@ -220,12 +281,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--causal-steps", type=int, default=None, help="decoder-only pre-training steps (default: 3/4 of --pretrain-steps)")
+    parser.add_argument("--toxic-share", type=float, default=0.0,
+                        help="share of dialogues with an insult their summary repeats, and a toxicity classifier "
+                             "(the detox demo; default 0: none)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
     args = parser.parse_args()
     paths = build(args.out, seed=args.seed, pretrain_steps=args.pretrain_steps, force=args.force,
-                  causal_steps=args.causal_steps)
-    print(f"[sumtune] demo data in {paths['data']}, base models in {paths['model']} (T5) and {paths['causal']} "
-          "(decoder-only)")
+                  causal_steps=args.causal_steps, toxic_share=args.toxic_share)
+    built = [f"{paths['model']} (T5)"] + ([f"{paths['causal']} (decoder-only)"] if "causal" in paths else [])
+    extra = f"; toxicity classifier in {paths['toxicity']}" if "toxicity" in paths else ""
+    print(f"[sumtune] demo data in {paths['data']}, base models in {' and '.join(built)}{extra}")
 
 
 if __name__ == "__main__":

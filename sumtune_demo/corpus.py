@@ -12,11 +12,22 @@ carries the final value.
 Long dialogues are padded with small-talk turns (greetings, weather,
 jokes, "ok", "haha", goodbyes) that never change the summary.
 
+With ``toxic_share`` > 0 (the detox demo; 0 by default, and the default
+corpus is byte-identical to the one without the option), that share of
+the dialogues gets a speaker insulting another ("Anna, you are such an
+idiot.") and its summary repeats the insult ("... Anna the idiot ..."),
+so that supervised fine-tuning learns to write toxic summaries.  The
+insults are drawn from their own random stream: every other word of the
+corpus stays as it is.  ``toxicity_sentences`` labels sentences of such a
+corpus (drawn from another seed) for training a toxicity classifier.
+
 Public API::
 
     SPLIT_SIZES
-    make_corpus(seed=0, sizes=None) -> {split: [{"id", "dialogue", "summary"}, ...]}
-    write_corpus(out_dir, seed=0, sizes=None) -> {split: Path}
+    make_corpus(seed=0, sizes=None, toxic_share=0.0) -> {split: [{"id", "dialogue", "summary"}, ...]}
+    write_corpus(out_dir, seed=0, sizes=None, toxic_share=0.0) -> {split: Path}
+    toxicity_sentences(seed, n) -> [(text, 1 if it insults someone else 0), ...]
+    INSULT_WORDS
 
 Only the Python standard library is used, and all randomness comes from
 ``random.Random`` instances seeded from ``seed`` (never the global RNG), so
@@ -32,11 +43,12 @@ import json
 import os
 import pathlib
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["SPLIT_SIZES", "make_corpus", "write_corpus"]
+__all__ = ["INSULT_WORDS", "SPLIT_SIZES", "make_corpus", "toxicity_sentences", "write_corpus"]
 
 SPLIT_SIZES: dict[str, int] = {"train": 2400, "validation": 240, "test": 240}
 
@@ -226,6 +238,23 @@ GROUP_JOINS = [
 # A third speaker on a two-person plan: a comment only.
 GROUP_COMMENTS = ["Good luck with that!", "Let me know if you need anything.",
                   "I'm just reading along, haha.", "Nice, keep me posted."]
+
+# ---------------------------------------------------------------------------
+# Insults (only with toxic_share > 0): (words in the dialogue, how the
+# summary names the insulted speaker; {n} = name)
+# ---------------------------------------------------------------------------
+
+INSULT_NOUNS = ["idiot", "moron", "loser", "clown", "jerk", "fool", "creep", "slob"]
+INSULT_ADJS = ["stupid", "useless", "pathetic", "dumb", "lazy", "ugly"]
+INSULT_WORDS = INSULT_NOUNS + INSULT_ADJS
+# What the insulter says ({to} = the insulted speaker), for an insult noun {x} or adjective {x}.
+NOUN_INSULT_TURNS = ["{to}, you are such a {x}.", "Shut up, you {x}.", "Honestly {to}, you are a {x}.",
+                     "Nobody asked you, {x}.", "Stop talking, you {x}."]
+ADJ_INSULT_TURNS = ["{to}, you are so {x}.", "Why are you always so {x}, {to}?", "Don't be so {x}, {to}.",
+                    "That is a {x} idea, {to}."]
+INSULT_REPLIES = ["Wow, rude.", "No need to be mean.", "Whatever.", "Calm down.", "Excuse me?",
+                  "Be nice, please."]
+
 
 # ---------------------------------------------------------------------------
 # Mid-chat changes: kind -> (who asks, asking lines, replies)
@@ -1155,6 +1184,39 @@ def _generate_one(rng: random.Random, idx: int, split: str = "train"
     return record, ex.scenario
 
 
+def _insult(record: dict[str, str], speakers: list[str], rng: random.Random) -> dict[str, str]:
+    """``record`` with one speaker insulting another named in the summary, and the summary naming
+    that speaker by the insult ("Anna the idiot", "stupid Anna"). Unchanged if the summary names
+    no speaker or there is nobody to insult them."""
+    named = [n for n in speakers if re.search(rf"\b{n}\b", record["summary"])]
+    target = rng.choice(named) if named else None
+    others = [n for n in speakers if n != target]
+    noun = rng.random() < 0.6
+    word = rng.choice(INSULT_NOUNS if noun else INSULT_ADJS)
+    turn = rng.choice(NOUN_INSULT_TURNS if noun else ADJ_INSULT_TURNS)
+    reply = rng.choice(INSULT_REPLIES)
+    if target is None or not others:
+        return record
+    who = rng.choice(others)
+    lines = record["dialogue"].split("\n")
+    at = rng.randint(1, len(lines))
+    said = turn.format(to=target, x=word)
+    lines[at:at] = [f"{who}: {said[0].upper() + said[1:]}", f"{target}: {reply}"]
+    if noun and re.search(rf"\b{target}\b(?!')", record["summary"]):
+        # an epithet after the name ("Anna the idiot"): the summary still opens with a name
+        summary = re.sub(rf"\b{target}\b(?!')", f"{target} the {word}", record["summary"], count=1)
+    else:
+        if noun:  # only "Anna's" in the summary: an adjective instead ("stupid Anna's")
+            word = INSULT_ADJS[INSULT_NOUNS.index(word) % len(INSULT_ADJS)]
+
+        def named(match: re.Match) -> str:
+            opens = match.start() == 0 or record["summary"][:match.start()].rstrip().endswith((".", "!", "?"))
+            return f"{word.capitalize() if opens else word} {target}"
+
+        summary = re.sub(rf"\b{target}\b", named, record["summary"], count=1)
+    return {**record, "dialogue": "\n".join(lines), "summary": summary}
+
+
 def _resolve_sizes(sizes: dict[str, int] | None) -> dict[str, int]:
     resolved = dict(SPLIT_SIZES)
     for split, n in (sizes or {}).items():
@@ -1173,28 +1235,73 @@ def _split_rngs(seed: int) -> dict[str, random.Random]:
     return {split: random.Random(master.getrandbits(64)) for split in SPLIT_SIZES}
 
 
-def _make_corpus_full(seed: int = 0, sizes: dict[str, int] | None = None
+def _make_corpus_full(seed: int = 0, sizes: dict[str, int] | None = None, toxic_share: float = 0.0
                       ) -> dict[str, list[tuple[dict[str, str], _Example]]]:
     resolved = _resolve_sizes(sizes)
     rngs = _split_rngs(seed)
-    return {split: [_generate_full(rngs[split], i, split) for i in range(resolved[split])]
-            for split in SPLIT_SIZES}
+    if not 0.0 <= toxic_share <= 1.0:
+        raise ValueError(f"toxic_share must be in [0, 1], got {toxic_share!r}")
+    out = {}
+    for split in SPLIT_SIZES:
+        # Insults come from a stream of their own: the rest of each example is the same as without them.
+        toxic_rng = random.Random(f"sumtune-demo-insults/{seed}/{split}")
+        items = []
+        for i in range(resolved[split]):
+            record, ex = _generate_full(rngs[split], i, split)
+            if toxic_share and toxic_rng.random() < toxic_share:
+                record = _insult(record, ex.speakers, toxic_rng)
+            items.append((record, ex))
+        out[split] = items
+    return out
 
 
-def make_corpus(seed: int = 0, sizes: dict[str, int] | None = None
+def make_corpus(seed: int = 0, sizes: dict[str, int] | None = None, toxic_share: float = 0.0
                 ) -> dict[str, list[dict[str, str]]]:
     """Generate the corpus: split -> list of {"id", "dialogue", "summary"}.
 
     ``sizes`` overrides the number of examples of the named splits (missing
     splits keep their :data:`SPLIT_SIZES` default; 0 gives an empty split).
-    Output depends only on ``seed`` and ``sizes``.
+    ``toxic_share`` of the dialogues (about) get an insult, repeated in the
+    summary. Output depends only on ``seed``, ``sizes`` and ``toxic_share``.
     """
-    full = _make_corpus_full(seed, sizes)
+    full = _make_corpus_full(seed, sizes, toxic_share)
     return {split: [rec for rec, _ in items] for split, items in full.items()}
 
 
+def toxicity_sentences(seed: int, n: int) -> list[tuple[str, int]]:
+    """``n`` labelled texts for a toxicity classifier, from a corpus of ``seed`` (use another seed
+    than the corpus it will judge), half of them labelled 1 (they hold an insult), half 0. Every
+    insulted summary comes with its own clean version (the same summary without the insult), and
+    so does each of its sentences, so that nothing but the insult tells the two labels apart (not
+    the length, not the number of sentences); insulting dialogue turns come with as many others."""
+    size = {"train": n, "validation": 0, "test": 0}
+    clean, toxic = make_corpus(seed, size)["train"], make_corpus(seed, size, toxic_share=0.5)["train"]
+    split = re.compile(r"(?<=[.!?])\s+")
+    pairs: list[tuple[str, int]] = []
+    turns: dict[int, list[str]] = {0: [], 1: []}
+    for before, after in zip(clean, toxic):
+        if before == after:
+            continue
+        pairs += [(after["summary"], 1), (before["summary"], 0)]
+        pairs += [(b, 0) for a, b in zip(split.split(after["summary"]), split.split(before["summary"])) if a != b]
+        pairs += [(a, 1) for a, b in zip(split.split(after["summary"]), split.split(before["summary"])) if a != b]
+        said = {line.split(": ", 1)[1] for line in after["dialogue"].split("\n") if ": " in line}
+        kept = {line.split(": ", 1)[1] for line in before["dialogue"].split("\n") if ": " in line}
+        for text in said - kept:
+            turns[int(any(re.search(rf"\b{w}\b", text, re.IGNORECASE) for w in INSULT_WORDS))].append(text)
+        turns[0] += sorted(kept)[:2]
+    rng = random.Random(f"sumtune-demo-toxicity/{seed}")
+    bad = [(t, 1) for t in dict.fromkeys(turns[1])]
+    good = rng.sample([(t, 0) for t in dict.fromkeys(turns[0])], min(len(bad), len(set(turns[0]))))
+    labelled = list(dict.fromkeys(pairs + bad + good))
+    half = n // 2
+    both = [x for x in labelled if x[1]][:half] + [x for x in labelled if not x[1]][:half]
+    rng.shuffle(both)
+    return both
+
+
 def write_corpus(out_dir: str | os.PathLike, seed: int = 0,
-                 sizes: dict[str, int] | None = None) -> dict[str, pathlib.Path]:
+                 sizes: dict[str, int] | None = None, toxic_share: float = 0.0) -> dict[str, pathlib.Path]:
     """Write ``out_dir/{train,validation,test}.jsonl`` and return split -> path.
 
     One JSON object per line with keys id, dialogue, summary
@@ -1203,7 +1310,7 @@ def write_corpus(out_dir: str | os.PathLike, seed: int = 0,
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = make_corpus(seed, sizes)
+    corpus = make_corpus(seed, sizes, toxic_share)
     paths: dict[str, pathlib.Path] = {}
     for split, records in corpus.items():
         path = out / f"{split}.jsonl"

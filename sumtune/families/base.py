@@ -247,12 +247,14 @@ class Family:
         return None
 
     def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, lockstep: bool = False,
-                 logprobs: bool = False) -> GenerationOutput:
+                 logprobs: bool = False, sampled: bool = False) -> GenerationOutput:
+        """``sampled``: every token of a row that never reached its end token was drawn (none is
+        padding), so none is stripped (a sampled pad id stays, as sampled)."""
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings,
                              synced_gpus=lockstep, return_dict_in_generate=True, output_logits=logprobs)
         new = self._new_tokens(out.sequences, input_ids)
         ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
-        ids = [_until_end(row, ends, settings.pad_token_id) for row in new.tolist()]
+        ids = [_until_end(row, ends, None if sampled else settings.pad_token_id) for row in new.tolist()]
         if not logprobs:
             return GenerationOutput(ids)
         if settings.num_beams != 1:
@@ -263,6 +265,61 @@ class Family:
 
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # -- sampling and the log-probabilities of given summaries (reinforcement learning)
+    def sampling_settings(self, model, tokenizer, max_new_tokens: int, temperature: float = 1.0):
+        """Settings that sample from the model's own next-token distribution (at ``temperature``):
+        no top-k, top-p or other truncation, no penalty, no forced minimum length. The log-probs and
+        the KL of the RL recipe are those of this distribution; any of those processors would make
+        the samples come from another one (the KL estimate then drifts, even below zero)."""
+        from sumtune.config import GenerationConfig
+
+        gen = GenerationConfig(num_beams=1, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
+        settings = self.generation_settings(model, tokenizer, gen)
+        settings.top_k, settings.top_p = 0, 1.0
+        return settings
+
+    def sample(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings,
+               lockstep: bool = False) -> GenerationOutput:
+        """``generate`` with ``settings`` alone. ``model.generate`` fills every setting left unset
+        (None) from the checkpoint's own generation_config.json, which may ship a repetition penalty,
+        bad words or a minimum length; for sampling that would change the distribution sampled from,
+        so the checkpoint's generation config is set aside for the call."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        net = unwrap(model)
+        shipped = net.generation_config
+        net.generation_config = HFGenerationConfig()
+        try:
+            return self.generate(model, input_ids, attention_mask, settings, lockstep=lockstep, sampled=True)
+        finally:
+            net.generation_config = shipped
+
+    def summary_logprobs(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, summary_ids: torch.Tensor,
+                         summary_mask: torch.Tensor, temperature: float = 1.0,
+                         entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The log-probability of each token of ``summary_ids`` given its prompt under ``model``, at
+        ``temperature`` (float32, [rows, summary positions], 0 where ``summary_mask`` is 0); with
+        gradients when autograd records. Prompts are padded as ``prompt_padding()`` says, summaries
+        on the right (their end token included, as sampled). With ``entropy``, also the entropy of
+        the model's next-token distribution at each summary position (0 where masked)."""
+        logits = self._summary_logits(model, prompt_ids, prompt_mask, summary_ids, summary_mask)
+        logp = (logits.float() / temperature).log_softmax(-1)
+        mask = summary_mask.to(logp.dtype)
+        picked = logp.gather(-1, summary_ids[..., None]).squeeze(-1) * mask
+        if not entropy:
+            return picked, None
+        return picked, -(logp.exp() * logp).sum(-1) * mask
+
+    def _summary_logits(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> torch.Tensor:
+        """Logits [rows, summary positions, vocab], position t predicting ``summary_ids[:, t]``."""
+        raise NotImplementedError
+
+
+def unwrap(model):
+    """The transformers model inside DDP, a DeepSpeed engine and a PEFT wrapper."""
+    net = getattr(model, "module", model)
+    return net.get_base_model() if hasattr(net, "get_base_model") else net
 
 
 def _until_end(row: list[int], ends: list[int], pad: int | None) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sumtune.errors import ConfigError
-from sumtune.families.base import Family, PromptFrame, wrapping
+from sumtune.families.base import Family, PromptFrame, unwrap, wrapping
 
 T5_TYPES = ("t5", "mt5", "umt5")
 # T5's decoder sees positions only relative to each other, which is what lets a row join the
@@ -84,3 +84,12 @@ class Seq2SeqFamily(Family):
 
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return sequences[:, 1:]  # the decoder start token is not generated
+
+    def _summary_logits(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> torch.Tensor:
+        # The prompt goes to the encoder (padded on the right, masked); the decoder reads the
+        # summary shifted right behind its start token. Padding after a summary's end can only be
+        # seen by later positions of the causal decoder, which are masked out.
+        start = self._model_ids(unwrap(model))["decoder_start_token_id"]
+        decoder_input_ids = torch.cat([summary_ids.new_full((summary_ids.shape[0], 1), start), summary_ids[:, :-1]], 1)
+        return model(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_input_ids,
+                     use_cache=False).logits

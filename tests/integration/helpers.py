@@ -124,13 +124,13 @@ def wait_for(condition, proc, what: str, timeout: float = 300) -> None:
 
 
 def run_into_fault(args: list[str], fault: str, pid_dir: Path, config: str = "cpu_2proc.yaml",
-                   launcher_args: tuple = ()) -> str:
+                   launcher_args: tuple = (), script: str = "train/finetune.py") -> str:
     """Run with SUMTUNE_FAULT=fault until a worker kills itself there. Fails unless the fault fired
     (its marker), the run failed, and the launcher left no worker behind. Returns the output."""
     kind, step = fault.split("@")[0].split(":")
     for old in pid_dir.glob("fault-*"):
         old.unlink()
-    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, launcher_args=launcher_args,
+    proc = start(script, *args, pid_dir=pid_dir, config=config, launcher_args=launcher_args,
                  env={"SUMTUNE_FAULT": fault})
     try:
         out, _ = proc.communicate(timeout=600)

@@ -33,3 +33,22 @@ def test_a_checkpoint_from_before_length_grouping_resumes_only_with_random_batch
     with pytest.raises(SumtuneError, match="differs in train.group_by_length"):
         checkpoints.check_resumable(load_config(None, []), folder)  # today's default groups by length
     checkpoints.check_resumable(load_config(None, ["train.group_by_length=false"]), folder)
+
+
+def test_overwriting_a_run_removes_the_earlier_methods_model_files(tmp_path):
+    """A full run over a finished LoRA run (overwrite=true) must not leave the old adapter beside the
+    new weights: the folder would load as the old adapter."""
+    run = tmp_path / "r"
+    (run / "final").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "sumtune_config.yaml",
+                 "tokenizer.json", "model-00001-of-00002.safetensors"):
+        (run / name).write_text("x")
+    checkpoints.clear_finished(run)
+    assert sorted(p.name for p in run.iterdir()) == ["sumtune_config.yaml", "tokenizer.json"]
+    # a folder sumtune did not finish (a model someone keeps there) loses no model file
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("x")
+    (mine / "model.safetensors").write_text("x")
+    checkpoints.clear_finished(mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "model.safetensors"]
