@@ -78,7 +78,7 @@ class CausalFamily(Family):
         return "left"
 
     def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, lockstep: bool = False,
-                 logprobs: bool = False) -> GenerationOutput:
+                 logprobs: bool = False, sampled: bool = False) -> GenerationOutput:
         """A prompt-tuned model (peft 0.21, transformers 5.24) decodes wrongly in two ways, both
         measured against its own uncached forward, i.e. what it was trained to compute: with a KV
         cache, every token after the first gets a position that leaves out the virtual tokens; and
@@ -88,7 +88,7 @@ class CausalFamily(Family):
         each group of equal-length prompts unpadded."""
         config = getattr(model, "active_peft_config", None)
         if not getattr(config, "is_prompt_learning", False):
-            return super().generate(model, input_ids, attention_mask, settings, lockstep, logprobs)
+            return super().generate(model, input_ids, attention_mask, settings, lockstep, logprobs, sampled)
         if lockstep:
             raise ValueError("prompt-learning generation cannot run in lockstep (refused under ZeRO-3 by methods.check)")
         settings = copy.deepcopy(settings)
@@ -98,7 +98,8 @@ class CausalFamily(Family):
         scores: list = [None] * len(lengths)
         for n in sorted(set(lengths), reverse=True):
             rows = [i for i, length in enumerate(lengths) if length == n]
-            out = super().generate(model, input_ids[rows][:, -n:], attention_mask[rows][:, -n:], settings, False, logprobs)
+            out = super().generate(model, input_ids[rows][:, -n:], attention_mask[rows][:, -n:], settings, False, logprobs,
+                                   sampled)
             for j, i in enumerate(rows):
                 ids[i] = out.ids[j]
                 scores[i] = out.logprobs[j] if logprobs else None
