@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from sumtune import faults, methods
-from sumtune.config import RLConfig, RunConfig, dump_yaml, to_dict
+from sumtune.config import RLConfig, RunConfig, dump_yaml, to_dict, upgrade
 from sumtune.errors import DiskFullError, SumtuneError, is_disk_full
 
 CONFIG_FILE = "sumtune_config.yaml"
@@ -147,6 +147,8 @@ RESUME_HARMLESS = (
     "overwrite", "resume", "run_name", "output_dir", "model.gradient_checkpointing",
     "train.log_every", "train.eval_every", "train.eval_max_batches", "train.rouge_every", "train.rouge_examples",
     "train.best_metric", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
+    # the same loss computed another way (tested equal), and the compiled model's padding
+    "train.loss", "train.chunk_size", "train.compile", "train.pad_to_multiple",
     "data.max_eval_examples", "generation.", "eval.", "tracker.", "rl.samples_every", "rl.samples_rows", "rl.max_kl",
 )
 
@@ -219,8 +221,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 # Keys added to the run config after checkpoints were first written, with the value that gives the
-# behaviour of the versions without them (group_size: any value, batches were not grouped).
-KEYS_ADDED_LATER = {"train.group_by_length": False, "train.group_size": 256, "model.trust_remote_code": False,
+# behaviour of the versions without them (group_size: any value, batches were not grouped; a saved
+# train.group_by_length is read as train.batching, see config.RENAMED).
+KEYS_ADDED_LATER = {"train.batching": "random", "train.group_size": 256, "train.max_tokens": 0, "model.trust_remote_code": False,
                     "model.family": "auto", "data.chat_template": "auto",
                     # the RL recipe's section: runs from before it trained without it (its defaults)
                     **_flat({"rl": to_dict(RLConfig())})}
@@ -238,7 +241,7 @@ def check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
     """Refuse a resumption whose config would train something else than the interrupted run."""
     import yaml
 
-    saved = _flat(yaml.safe_load((checkpoint / CONFIG_FILE).read_text(encoding="utf-8")) or {})
+    saved = _flat(upgrade(yaml.safe_load((checkpoint / CONFIG_FILE).read_text(encoding="utf-8")) or {}))
     saved = {**_added_later(), **saved}  # a checkpoint from before a key existed ran with its old behaviour
     now = _flat(to_dict(cfg))
     # The settings of the methods this run does not use change nothing.

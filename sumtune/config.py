@@ -204,11 +204,31 @@ class TrainConfig:
     max_steps: int = 0
     per_device_batch_size: int = 8
     grad_accum: int = 1
-    # Length-grouped batches: examples are drawn in random pools of group_size batches, each pool
-    # sorted by length and cut into batches, and the batches shuffled, so little of a step is
-    # spent on padding. false: plain random batches.
-    group_by_length: bool = True
+    # How examples become micro-batches (sumtune/batching.py):
+    # "grouped": length-grouped batches: examples are drawn in random pools of group_size batches,
+    #   each pool sorted by length and cut into batches, and the batches shuffled, so little of a
+    #   step is spent on padding;
+    # "random": plain random batches of per_device_batch_size;
+    # "packed": several examples per row without padding (best-fit decreasing into rows of at most
+    #   max_tokens tokens, once; the rows shuffled each epoch), each example attending only to
+    #   itself; a micro-batch is one row (per_device_batch_size is not used). Decoder-only models
+    #   and T5; not BART.
+    batching: Literal["grouped", "random", "packed"] = "grouped"
     group_size: int = 256
+    # A token budget per micro-batch, padding included (fairseq's max_tokens; 0: none). grouped:
+    # a batch holds at most per_device_batch_size examples AND at most max_tokens padded token
+    # positions (source and target). packed: the length of a row (required there).
+    max_tokens: int = 0
+    # The training loss. "plain": the model's logits over every position; "chunked": the output
+    # layer applied only to positions with a label, chunk_size positions at a time, each chunk
+    # recomputed in the backward pass, so the [tokens x vocabulary] logits never exist whole (the
+    # largest tensors of a LoRA step with a 150k vocabulary). Same loss and gradients.
+    loss: Literal["plain", "chunked"] = "plain"
+    chunk_size: int = 1024
+    # torch.compile the model for training; batches are padded to a multiple of pad_to_multiple
+    # tokens so that few distinct shapes (recompilations) occur.
+    compile: bool = False
+    pad_to_multiple: int = 64
     max_grad_norm: float = 1.0
     seed: int = 42
     log_every: int = 10
@@ -492,8 +512,28 @@ def load_yaml(path: str | Path) -> dict:
     return _fix_yaml_floats(data)
 
 
+# Keys that were renamed: old dotted key -> (new dotted key, old value -> new value). A saved config or
+# a user's YAML with the old key still loads (and means what it meant).
+RENAMED = {"train.group_by_length": ("train.batching", lambda grouped: "grouped" if grouped else "random")}
+
+
+def upgrade(values: dict) -> dict:
+    """``values`` (a config tree) with renamed keys moved to their new names; the new key wins
+    when both are given."""
+    out = dict(values)
+    for old, (new, convert) in RENAMED.items():
+        (section, key), (_, new_key) = old.split("."), new.split(".")  # renamed within their section
+        node = out.get(section)
+        if isinstance(node, dict) and key in node:
+            node = dict(node)
+            value = node.pop(key)
+            node.setdefault(new_key, convert(value))
+            out[section] = node
+    return out
+
+
 def from_dict(values: dict) -> RunConfig:
-    cfg = _build(RunConfig, values)
+    cfg = _build(RunConfig, upgrade(values))
     validate(cfg)
     return cfg
 
@@ -595,6 +635,17 @@ def validate(cfg: RunConfig) -> None:
     _require(t.per_device_batch_size >= 1, "train.per_device_batch_size", f"must be >= 1, got {t.per_device_batch_size}")
     _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
     _require(t.group_size >= 1, "train.group_size", f"must be >= 1 (batches per length-sorted pool), got {t.group_size}")
+    _require(t.max_tokens >= 0, "train.max_tokens", f"must be >= 0 (0: no token budget), got {t.max_tokens}")
+    _require(t.batching != "packed" or t.max_tokens > 0, "train.max_tokens",
+             "train.batching=packed needs the length of a packed row, e.g. train.max_tokens=2048")
+    _require(t.batching != "random" or t.max_tokens == 0, "train.max_tokens",
+             "a token budget applies to train.batching=grouped or packed, not random")
+    longest = d.max_source_length + d.max_target_length
+    _require(t.max_tokens == 0 or t.max_tokens >= longest, "train.max_tokens",
+             f"{t.max_tokens} is less than the longest possible example (data.max_source_length + "
+             f"data.max_target_length = {longest}); raise it or lower those")
+    _require(t.chunk_size >= 1, "train.chunk_size", f"must be >= 1, got {t.chunk_size}")
+    _require(t.pad_to_multiple >= 1, "train.pad_to_multiple", f"must be >= 1, got {t.pad_to_multiple}")
     _require(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     _require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _require(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")

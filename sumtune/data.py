@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,21 +290,29 @@ class PadCollator:
     padding goes through ``pad_sequence`` in C++, which is several times cheaper per batch
     than ``DataCollatorForSeq2Seq``'s Python padding."""
 
-    def __init__(self, pad_token_id: int, side: str = "right"):
+    def __init__(self, pad_token_id: int, side: str = "right", multiple: int = 1):
         self.pad_id = pad_token_id
         self.side = side  # "left" for decoder-only prompts to generate from
+        self.multiple = multiple  # lengths padded up to a multiple of this (few shapes for torch.compile)
+
+    def _pad(self, rows: list, value: int):
+        from torch.nn.functional import pad
+        from torch.nn.utils.rnn import pad_sequence
+
+        out = pad_sequence(rows, batch_first=True, padding_value=value)
+        extra = -out.shape[1] % self.multiple
+        return pad(out, (0, extra), value=value) if extra else out
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
-        from torch.nn.utils.rnn import pad_sequence
 
         inputs = [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features]
         lengths = torch.tensor([len(x) for x in inputs])
         if self.side == "left":
-            input_ids = pad_sequence([x.flip(0) for x in inputs], batch_first=True, padding_value=self.pad_id).flip(1)
+            input_ids = self._pad([x.flip(0) for x in inputs], self.pad_id).flip(1)
             positions = torch.arange(input_ids.shape[1] - 1, -1, -1)
         else:
-            input_ids = pad_sequence(inputs, batch_first=True, padding_value=self.pad_id)
+            input_ids = self._pad(inputs, self.pad_id)
             positions = torch.arange(input_ids.shape[1])
         batch = {
             "input_ids": input_ids,
@@ -313,60 +320,17 @@ class PadCollator:
         }
         if "labels" in features[0]:
             labels = [torch.as_tensor(f["labels"], dtype=torch.long) for f in features]
-            batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=-100)
+            batch["labels"] = self._pad(labels, -100)
         return batch
 
 
-def make_collator(tokenizer) -> PadCollator:
-    """Dynamic padding per batch (on the right, as training wants for every family); label
-    padding is -100 so the loss ignores it."""
-    return PadCollator(tokenizer.pad_token_id)
+def make_collator(tokenizer, multiple: int = 1) -> PadCollator:
+    """Dynamic padding per batch (on the right, as training wants for every family), up to a
+    multiple of ``multiple`` tokens; label padding is -100 so the loss ignores it."""
+    return PadCollator(tokenizer.pad_token_id, multiple=multiple)
 
 
-# ----------------------------------------------------------------------------- batching
-
-
-class LengthGroupedBatches:
-    """Per-device batches of examples of similar length, deterministic from ``generator``.
-
-    Each epoch: a random permutation is cut into pools of ``group_size`` batches; each pool is
-    sorted by (source length, target length) and cut into batches; the full batches are
-    shuffled, the one holding the longest example goes first (a run that will run out of
-    memory does so at its first step), and a short last batch, if any, stays last.
-
-    Accelerate shards a batch sampler by handing batch i to rank i mod N, so every rank's
-    batches are length-grouped too, and all ranks draw the same order from the same seed. The
-    order is drawn from ``generator`` when iteration starts, so restoring the generator's state
-    at the start of an epoch and skipping consumed batches resumes exactly.
-    """
-
-    def __init__(self, lengths: list[tuple[int, int]], batch_size: int, generator, group_size: int = 64):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.generator = generator
-        self.group_size = group_size
-        self.drop_last = False
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        import torch
-
-        n, bs = len(self.lengths), self.batch_size
-        perm = torch.randperm(n, generator=self.generator).tolist()
-        pool = bs * self.group_size
-        full, short = [], []
-        for start in range(0, n, pool):
-            members = perm[start:start + pool]
-            ranked = [members[k] for k in longest_first([self.lengths[i] for i in members])]
-            for j in range(0, len(ranked), bs):
-                (full if len(ranked[j:j + bs]) == bs else short).append(ranked[j:j + bs])
-        order = [full[i] for i in torch.randperm(len(full), generator=self.generator).tolist()]
-        if order:
-            longest = max(range(len(order)), key=lambda k: max(self.lengths[i][0] + self.lengths[i][1] for i in order[k]))
-            order.insert(0, order.pop(longest))
-        return iter(order + short)
+# ----------------------------------------------------------------------------- lengths and validation batches
 
 
 def example_lengths(features: list[dict], family) -> list[tuple[int, int]]:
@@ -386,34 +350,6 @@ def _descending(length) -> tuple:
     return tuple(-x for x in length) if isinstance(length, tuple) else (-length,)
 
 
-def real_token_share(batches, lengths: list[tuple[int, int]]) -> float:
-    """Share of the token positions in these batches that are not padding (sources and targets
-    together; each batch is padded to its longest source and its longest target)."""
-    real = padded = 0
-    for batch in batches:
-        src = [lengths[i][0] for i in batch]
-        tgt = [lengths[i][1] for i in batch]
-        real += sum(src) + sum(tgt)
-        padded += len(batch) * (max(src) + max(tgt))
-    return real / max(padded, 1)
-
-
-def train_loader(features: list[dict], lengths: list[tuple[int, int]], cfg, collate, generator):
-    """The training DataLoader: length-grouped batches (``cfg.group_by_length``; ``lengths`` from
-    ``example_lengths``) or plain shuffled ones, both drawn from ``generator``."""
-    import torch
-
-    if cfg.group_by_length:
-        sampler = LengthGroupedBatches(lengths, cfg.per_device_batch_size, generator, cfg.group_size)
-        # A generator of its own: without one, every pass over the DataLoader draws its base seed
-        # from the global RNG, which resume restores, so a resumed run would draw different
-        # dropout masks from then on.
-        return torch.utils.data.DataLoader(features, batch_sampler=sampler, collate_fn=collate,
-                                           generator=torch.Generator())
-    return torch.utils.data.DataLoader(features, batch_size=cfg.per_device_batch_size, shuffle=True,
-                                       collate_fn=collate, generator=generator)
-
-
 def validation_loader(features: list[dict], lengths: list[tuple[int, int]], cfg, collate, num_processes: int):
     """Batches for the validation loss: the first ``cfg.eval_max_batches`` rounds' worth of
     examples in file order (or all), sorted longest first, so that similar lengths share a batch
@@ -424,23 +360,3 @@ def validation_loader(features: list[dict], lengths: list[tuple[int, int]], cfg,
     chosen = len(features[:cap] if cap else features)
     ordered = [features[i] for i in longest_first(lengths[:chosen])]
     return torch.utils.data.DataLoader(ordered, batch_size=cfg.per_device_batch_size, collate_fn=collate)
-
-
-def batching_report(lengths: list[tuple[int, int]], cfg, seed: int) -> str:
-    """What padding the first epoch's batches cost, grouped vs random, for the start-up log."""
-    import torch
-
-    bs = cfg.per_device_batch_size
-    perm = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
-    random_share = real_token_share([perm[i:i + bs] for i in range(0, len(perm), bs)], lengths)
-    if not cfg.group_by_length:
-        return f"batches: random; {random_share:.1%} of token positions are real (not padding)"
-    grouped = LengthGroupedBatches(lengths, bs, torch.Generator().manual_seed(seed), cfg.group_size)
-    return (f"batches: length-grouped (pools of {cfg.group_size}); {real_token_share(grouped, lengths):.1%} of token "
-            f"positions are real (random batches: {random_share:.1%})")
-
-
-def batches_per_rank(n_examples: int, per_device_batch_size: int, num_processes: int) -> int:
-    """Batches each rank sees per epoch under Accelerate's sharding (even_batches: the last
-    round is completed from the start of the data)."""
-    return math.ceil(math.ceil(n_examples / per_device_batch_size) / num_processes)

@@ -15,7 +15,7 @@ from sumtune.errors import ConfigError
 
 def make_accelerator(cfg: RunConfig, grad_accum: int = 1):
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         # The DeepSpeed JSON says "auto" for these; Accelerate fills them from its plugin, which
@@ -29,7 +29,11 @@ def make_accelerator(cfg: RunConfig, grad_accum: int = 1):
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
     accelerator = Accelerator(
-        gradient_accumulation_steps=grad_accum,
+        # Not synced at the end of the DataLoader: the training loop takes each accumulation
+        # window whole (its tokens are counted before its first backward), so the last batch is
+        # already out of the loader while the window's earlier batches still accumulate; the loop
+        # says where each window ends (recipes.finetune.fit).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
         log_with=tracking.log_with(cfg.tracker) or None,  # [] makes Accelerate warn that no tracker is installed
         project_dir=str(cfg.run_dir),
         kwargs_handlers=handlers,

@@ -15,7 +15,7 @@ from sumtune.engine.heldout import validation_loss
 from sumtune.engine.meter import Counts, Meter
 from sumtune.engine.plan import StepPlan, make_optimizer, plan_steps
 from sumtune.engine.run import Position, RunContext
-from sumtune.engine.step import NonFiniteError, OptimizerStep, StepResult
+from sumtune.engine.step import NonFiniteError, OptimizerStep, StepResult, TokenWeightedLoss
 
 __all__ = ["Counts", "Meter", "NonFiniteError", "OptimizerStep", "Position", "RunContext", "StepPlan", "StepResult",
-           "make_optimizer", "plan_steps", "validation_loss"]
+           "TokenWeightedLoss", "make_optimizer", "plan_steps", "validation_loss"]

@@ -16,12 +16,13 @@ class Counts:
     The field order is the order of the list that checkpoints written before the fields had names
     hold (``trainer_state.json``, ``position.window``): ``restore`` still reads that list."""
 
-    loss: float = 0.0  # sum of the batches' mean losses
+    loss: float = 0.0  # sum of the target tokens' losses (a token-weighted meter), or of the batches' mean losses
     batches: float = 0.0
     real_tokens: float = 0.0  # each token once (a causal summary is inside its input)
     samples: float = 0.0
     positions: float = 0.0  # token positions, padding included
     seconds: float = 0.0  # training time, time set aside excluded
+    loss_tokens: float = 0.0  # target tokens the loss is summed over (0: not token-weighted; added 2026-12)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -46,12 +47,20 @@ class Counts:
     def read(cls, carried: dict | list) -> Counts:
         """From a checkpoint: the named form (``as_dict``) or the older list of 6 floats."""
         if isinstance(carried, dict):
-            return cls(**{name: float(carried[name]) for name in cls.names()})
+            return cls(**{name: float(carried[name]) for name in cls.names() if name in carried})
         return cls(*map(float, carried))
+
+    def mean_loss(self) -> float:
+        return self.loss / self.loss_tokens if self.loss_tokens else self.loss / max(self.batches, 1.0)
 
 
 class Meter:
     """Loss and throughput of the training batches, per logging window and over the run.
+
+    ``weighted``: the loss of a batch is a SUM over its target tokens, given with their number
+    (``add(batch, loss_sum, tokens)``), and the window's loss is the token mean (the supervised
+    recipe, engine.TokenWeightedLoss); otherwise each batch's loss is a mean and the window's loss
+    the mean of the batches' (the RL recipe).
 
     The loss sum, batch count and real-token count stay on the device (no host sync per batch);
     samples and token positions (padding included) are known on the host from the shapes. Time
@@ -59,18 +68,22 @@ class Meter:
     ``window()``, ``carry()`` and ``run()`` are collectives: every rank calls them at the same steps.
     """
 
-    def __init__(self, accelerator, family):
+    def __init__(self, accelerator, family, weighted: bool = False):
         self.acc = accelerator
         self.family = family
+        self.weighted = weighted
         zero = lambda: torch.zeros((), device=accelerator.device, dtype=torch.float64)  # noqa: E731
         self.loss, self.batches, self.real_tokens = zero(), zero(), zero()  # this window, on the device
+        self.loss_tokens = zero()
         self.samples = self.positions = 0  # this window, on the host
         self.total = Counts()  # this rank's closed windows (loss and batches unused)
         self.started, self.paused = time.perf_counter(), 0.0
 
-    def add(self, batch: dict, loss: torch.Tensor) -> None:
+    def add(self, batch: dict, loss: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
         self.loss += loss.detach()
         self.batches += 1
+        if tokens is not None:
+            self.loss_tokens += tokens
         real, positions = self.family.count(batch)  # each token once (a causal summary is inside its input)
         self.real_tokens += real
         self.samples += batch["input_ids"].shape[0]
@@ -86,16 +99,16 @@ class Meter:
 
     def _mine(self) -> Counts:
         """This rank's window so far (one host sync for the three device sums)."""
-        loss, batches, real = torch.stack([self.loss, self.batches, self.real_tokens]).cpu().tolist()
+        loss, batches, real, tokens = torch.stack([self.loss, self.batches, self.real_tokens, self.loss_tokens]).cpu().tolist()
         seconds = time.perf_counter() - self.started - self.paused
-        return Counts(loss, batches, real, float(self.samples), float(self.positions), seconds)
+        return Counts(loss, batches, real, float(self.samples), float(self.positions), seconds, tokens)
 
     def _close(self) -> Counts:
         """This rank's window (``_mine``), added to the run's totals; the next window starts."""
         mine = self._mine()
         mine.seconds = max(mine.seconds, 1e-9)
         self.total.add(mine)
-        for sum_ in (self.loss, self.batches, self.real_tokens):
+        for sum_ in (self.loss, self.batches, self.real_tokens, self.loss_tokens):
             sum_.zero_()
         self.samples = self.positions = 0
         self.started, self.paused = time.perf_counter(), 0.0
@@ -107,18 +120,23 @@ class Meter:
         return self._mine().reduced(self.acc).as_dict()
 
     def restore(self, carried: dict | list) -> None:
-        """Continue the window ``carry()`` saved (or, from an older checkpoint, its list of 6 floats)."""
+        """Continue the window ``carry()`` saved (or, from an older checkpoint, its list of 6 floats).
+        A window saved before the loss was token-weighted holds a sum of batch means, which cannot
+        be turned into token sums: its loss is left out (the window logged after such a resume
+        averages the batches since the resume); its throughput counts are kept."""
         window = Counts.read(carried)
+        if self.weighted and not window.loss_tokens:
+            window.loss = window.batches = 0.0
         self.started -= window.seconds  # every rank: window time is averaged over ranks
         if self.acc.is_main_process:  # the sums over ranks are carried once
             for sum_, value in ((self.loss, window.loss), (self.batches, window.batches),
-                                (self.real_tokens, window.real_tokens)):
+                                (self.real_tokens, window.real_tokens), (self.loss_tokens, window.loss_tokens)):
                 sum_ += value
             self.samples, self.positions = int(window.samples), int(window.positions)
 
     def window(self) -> dict:
         t = self._close().reduced(self.acc)
-        return {"loss": t.loss / t.batches, "tokens_per_s": t.real_tokens / t.seconds,
+        return {"loss": t.mean_loss(), "tokens_per_s": t.real_tokens / t.seconds,
                 "samples_per_s": t.samples / t.seconds, "real_token_share": t.real_tokens / max(t.positions, 1.0)}
 
     def run(self) -> dict:

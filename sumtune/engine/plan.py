@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sumtune.batching import batches_per_rank
 from sumtune.config import TrainConfig
-from sumtune.data import batches_per_rank
 
 
 @dataclass(frozen=True)
@@ -24,39 +24,58 @@ class StepPlan:
     epochs: int
     total_steps: int
     warmup_steps: int
+    batching: str = "grouped"
+    max_tokens: int = 0
 
     def describe(self) -> str:
-        return (
-            f"{self.examples} examples | effective batch {self.effective_batch} = "
-            f"{self.per_device_batch_size} per device x {self.num_processes} processes x "
-            f"{self.grad_accum} accumulation | {self.steps_per_epoch} optimizer steps per epoch | "
-            f"{self.total_steps} steps over {self.epochs} epoch(s) | warmup {self.warmup_steps}"
-        )
+        if self.batching == "packed":
+            batch = (f"effective batch {self.effective_batch} rows of <= {self.max_tokens} tokens = 1 packed row x "
+                     f"{self.num_processes} processes x {self.grad_accum} accumulation")
+        else:
+            budget = f" (<= {self.max_tokens} padded tokens)" if self.max_tokens else ""
+            batch = (f"effective batch {self.effective_batch} = {self.per_device_batch_size}{budget} per device x "
+                     f"{self.num_processes} processes x {self.grad_accum} accumulation")
+        return (f"{self.examples} examples | {batch} | {self.steps_per_epoch} optimizer steps per epoch | "
+                f"{self.total_steps} steps over {self.epochs} epoch(s) | warmup {self.warmup_steps}")
 
 
-def plan_steps(examples: int, num_processes: int, cfg: TrainConfig) -> StepPlan:
+def plan_steps(examples: int, num_processes: int, cfg: TrainConfig,
+               epoch_batches: Callable[[int], int] | None = None) -> StepPlan:
     """All step arithmetic in one place. An optimizer step is taken every ``grad_accum`` batches
-    and at the end of each epoch (Accelerate syncs on the last batch of a dataloader)."""
-    per_rank = batches_per_rank(examples, cfg.per_device_batch_size, num_processes)
-    steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
+    and at the end of each epoch. ``epoch_batches(epoch)`` is the number of micro-batches (over
+    all ranks) the batching strategy yields in that epoch (``batching.Batching.epoch_batches``);
+    without it, batches of ``per_device_batch_size``."""
+    if epoch_batches is None:
+        epoch_batches = lambda _: math.ceil(examples / cfg.per_device_batch_size)  # noqa: E731
+
+    def steps_in(epoch: int) -> int:
+        return math.ceil(batches_per_rank(epoch_batches(epoch), num_processes) / cfg.grad_accum)
+
+    steps_per_epoch = steps_in(0)
     if cfg.max_steps > 0:
-        total = cfg.max_steps
-        epochs = math.ceil(total / steps_per_epoch)
+        total, epochs = cfg.max_steps, 0
+        reached = 0
+        while reached < total:
+            reached += steps_in(epochs)
+            epochs += 1
     else:
         epochs = cfg.epochs
-        total = steps_per_epoch * epochs
+        total = sum(steps_in(e) for e in range(epochs))
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
+    packed = cfg.batching == "packed"
     return StepPlan(
         examples=examples,
         num_processes=num_processes,
-        per_device_batch_size=cfg.per_device_batch_size,
+        per_device_batch_size=1 if packed else cfg.per_device_batch_size,
         grad_accum=cfg.grad_accum,
-        effective_batch=cfg.per_device_batch_size * num_processes * cfg.grad_accum,
-        batches_per_rank_per_epoch=per_rank,
+        effective_batch=(1 if packed else cfg.per_device_batch_size) * num_processes * cfg.grad_accum,
+        batches_per_rank_per_epoch=batches_per_rank(epoch_batches(0), num_processes),
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
         total_steps=total,
         warmup_steps=min(warmup, total),
+        batching=cfg.batching,
+        max_tokens=cfg.max_tokens,
     )
 
 

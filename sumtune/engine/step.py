@@ -78,3 +78,34 @@ class OptimizerStep:
         if stepped:
             self.scheduler.step()
         return StepResult(loss.detach(), stepped, grad_norm)
+
+
+class TokenWeightedLoss:
+    """The supervised loss of an optimizer step: the sum of its target tokens' losses divided by
+    the number of target tokens in the WHOLE step (every micro-batch of the accumulation window,
+    every rank), so that each target token weighs the same however the step is cut into
+    micro-batches and ranks (a mean of per-batch means would weigh a batch of short summaries as
+    much as one of long ones).
+
+    ``begin(window)`` counts the window's target tokens on this rank and sums them over ranks
+    (one all-reduce) before the window's first backward; each micro-batch's loss is then its sum
+    times ``accumulation x processes / window tokens``: Accelerate (or DeepSpeed) divides the
+    loss by the accumulation steps and DDP (or ZeRO) averages the ranks' gradients, which undoes
+    those two factors. ``last`` holds the micro-batch's (loss sum, target tokens) for the meter.
+    """
+
+    def __init__(self, accelerator, model, family, chunk_size: int = 0):
+        self.acc, self.model, self.family, self.chunk_size = accelerator, model, family, chunk_size
+        self.scale = torch.ones(())
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def begin(self, window: list[dict]) -> torch.Tensor:
+        mine = torch.stack([self.family.target_tokens(b) for b in window]).sum().to(self.acc.device, torch.float64)
+        total = self.acc.reduce(mine, reduction="sum") if self.acc.num_processes > 1 else mine
+        self.scale = (self.acc.gradient_accumulation_steps * self.acc.num_processes / total.clamp(min=1)).float()
+        return total
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        loss_sum, tokens = self.family.loss(self.model, batch, self.chunk_size)
+        self.last = (loss_sum.detach(), tokens)
+        return loss_sum * self.scale.to(loss_sum.device)

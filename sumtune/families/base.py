@@ -207,10 +207,84 @@ class Family:
         """(real tokens as a device tensor, token positions) of a collated batch: each token once."""
         raise NotImplementedError
 
+    def align(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, labels) cut so that ``outputs[:, t]`` (logits or the output layer's input)
+        predicts ``labels[:, t]``."""
+        raise NotImplementedError
+
     def token_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token cross-entropy (0 where masked) and the mask, aligned so position t's logits
         predict its label."""
+        logits, labels = self.align(logits, labels)
+        per_token = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                      reduction="none").view(labels.shape)
+        return per_token, labels != -100
+
+    # -- the training loss (every recipe that trains on labels; engine.TokenWeightedLoss weighs it)
+    def target_tokens(self, batch: dict) -> torch.Tensor:
+        """Tokens with a label in a training batch (padded or packed): what the loss is a sum over."""
         raise NotImplementedError
+
+    def forward(self, model, batch: dict):
+        """The model's output on a training batch, padded or packed (``packer``); labels are not
+        passed, so the model computes no loss of its own."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict, chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the target tokens' cross-entropy, number of target tokens) of a training batch.
+
+        ``chunk_size`` > 0: the output layer is applied to the positions with a label only,
+        ``chunk_size`` at a time, each chunk recomputed in the backward pass (``chunked_loss``), so
+        the logits of the whole batch never exist; the same sum (float32)."""
+        labels = batch["labels"]
+        if not chunk_size:
+            per_token, mask = self.token_losses(self.forward(model, batch).logits, labels)
+            return per_token.sum(), mask.sum()
+        net = unwrap(model)
+        with head_input(net) as captured:
+            self.forward(model, batch)
+        hidden, labels = self.align(captured["hidden"], labels)
+        return chunked_loss(captured["head"], hidden, labels, chunk_size,
+                            getattr(net.config, "final_logit_softcapping", None))
+
+    def packer(self):
+        """The collate function of packed rows (``train.batching=packed``)."""
+        raise NotImplementedError
+
+    def check_packing(self, model, method_config=None) -> None:
+        """Refuse, in one line, a model that cannot be trained on packed rows correctly. Beyond what
+        is known, a probe: two short examples packed into one row must each get the per-token
+        losses they get alone (an architecture whose attention ignores the row's boundaries fails
+        it). Every rank runs the probe (under ZeRO-3 a forward is a collective)."""
+        if getattr(method_config, "is_prompt_learning", False):
+            raise ConfigError("train.batching=packed with prompt tuning: the virtual tokens are put in front of a whole "
+                              "row, so only its first example would follow them; use train.batching=grouped")
+        from sumtune.data import PadCollator
+
+        net = unwrap(model)
+        examples = [self.example(list(range(5, 12)), list(range(12, 16))), self.example(list(range(20, 24)), [24, 25, 26])]
+        device = next(p.device for p in model.parameters())
+        on = lambda batch: {k: v.to(device) for k, v in batch.items()}  # noqa: E731
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                alone = []
+                for ex in examples:
+                    batch = on(PadCollator(0)([ex]))
+                    per_token, mask = self.token_losses(self.forward(model, batch).logits, batch["labels"])
+                    alone.append(per_token[mask])
+                batch = on(self.packer()(examples))
+                per_token, mask = self.token_losses(self.forward(model, batch).logits, batch["labels"])
+        finally:
+            model.train(was_training)
+        packed, expected = per_token[mask].float(), torch.cat(alone).float()
+        half = next(p.dtype for p in net.parameters() if p.is_floating_point()) != torch.float32
+        tol = 5e-2 if half else 1e-4
+        if packed.shape != expected.shape or (packed - expected).abs().max().item() > tol * max(1.0, expected.abs().max().item()):
+            raise ConfigError(f"train.batching=packed: this '{self.model_type}' model ({net.config._attn_implementation} "
+                              "attention) gives an example inside a packed row other losses than alone (its attention "
+                              "crosses the examples' boundaries); use train.batching=grouped")
 
     def prompt_padding(self) -> str:
         """"right" or "left": how prompts are padded for generation."""
@@ -314,6 +388,65 @@ class Family:
     def _summary_logits(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> torch.Tensor:
         """Logits [rows, summary positions, vocab], position t predicting ``summary_ids[:, t]``."""
         raise NotImplementedError
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 4D attention mask as eager and sdpa attention both add it to the scores: 0 where attending
+    is allowed, the dtype's most negative value where not."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class head_input:
+    """``with head_input(net) as captured: net(...)``: the model's output layer (``lm_head``, or the
+    adapter module that replaced it) does not run; ``captured["hidden"]`` is what it was given
+    (after any scaling the model applies before it, T5's included) and ``captured["head"]`` is the
+    layer, to be applied by the caller. Its forward is swapped on the instance for the call only:
+    every wrapper (DDP, DeepSpeed's ZeRO-3 hooks, PEFT) still runs around the model's own forward."""
+
+    def __init__(self, net):
+        self.head = net.get_output_embeddings()
+        if self.head is None:
+            raise ConfigError(f"train.loss=chunked: this {type(net).__name__} has no output layer to apply in chunks; "
+                              "use train.loss=plain")
+        self.captured: dict = {"head": self.head}
+
+    def __enter__(self) -> dict:
+        def stash(hidden, *args, **kwargs):
+            self.captured["hidden"] = hidden
+            return hidden[..., :1]  # a stand-in for the logits nobody reads (no labels were passed)
+
+        self.own = self.head.__dict__.get("forward")
+        self.head.forward = stash
+        return self.captured
+
+    def __exit__(self, *exc) -> None:
+        if self.own is not None:
+            self.head.forward = self.own
+        else:
+            del self.head.forward
+
+
+def _chunk_loss(head, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+
+def chunked_loss(head, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int,
+                 softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropy, tokens) of the positions with a label, the output layer applied
+    ``chunk_size`` positions at a time under activation checkpointing: only one chunk's logits
+    exist at a time, forward or backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    keep = labels != -100
+    hidden, labels = hidden[keep], labels[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, labels.shape[0], chunk_size):
+        end = start + chunk_size
+        total = total + checkpoint(_chunk_loss, head, hidden[start:end], labels[start:end], softcap, use_reentrant=False)
+    return total, keep.sum()
 
 
 def unwrap(model):

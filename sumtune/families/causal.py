@@ -63,16 +63,28 @@ class CausalFamily(Family):
 
     def count(self, batch: dict) -> tuple[torch.Tensor, int]:
         # Labels sit inside the input sequence: counting them as well would count the summary twice.
-        return batch["attention_mask"].sum(), batch["input_ids"].numel()
+        real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()  # packed
+        return real, batch["input_ids"].numel()
 
-    def token_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Prompt tuning puts virtual tokens in front of the input, and their logits in front of the
+    def align(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Prompt tuning puts virtual tokens in front of the input, and their outputs in front of the
         # sequence's: the last len(labels) positions are the sequence's own. Position t predicts token t + 1.
-        logits = logits[:, logits.shape[1] - labels.shape[1]:]
-        logits, labels = logits[:, :-1], labels[:, 1:]
-        per_token = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                                      reduction="none").view(labels.shape)
-        return per_token, labels != -100
+        outputs = outputs[:, outputs.shape[1] - labels.shape[1]:]
+        return outputs[:, :-1], labels[:, 1:]
+
+    def target_tokens(self, batch: dict) -> torch.Tensor:
+        return (batch["labels"][:, 1:] != -100).sum()
+
+    def forward(self, model, batch: dict):
+        if "position_ids" in batch:
+            # Packed: no attention mask and no cache, so that transformers finds the examples'
+            # boundaries in the restarting positions and keeps each to itself (with a cache, or a
+            # mask, it silently would not); flash-attention variants read the same positions.
+            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+
+    def packer(self):
+        return pack_causal
 
     def prompt_padding(self) -> str:
         return "left"
@@ -120,3 +132,15 @@ class CausalFamily(Family):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         return logits[:, prompt_ids.shape[1] - 1:-1]
+
+
+def pack_causal(features: list[dict]) -> dict:
+    """One packed row from decoder-only features (prompt + summary + EOS each): the sequences one
+    after the other, positions restarting at 0 for each, and no label on an example's first token
+    (it would be predicted from the end of the example before it)."""
+    ids = [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features]
+    labels = [torch.as_tensor(f["labels"], dtype=torch.long).clone() for f in features]
+    for row in labels:
+        row[0] = -100
+    return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat([torch.arange(len(x)) for x in ids])[None],
+            "labels": torch.cat(labels)[None]}

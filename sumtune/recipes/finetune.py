@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from sumtune import data, methods, models, tracking
+from sumtune import batching, data, methods, models, tracking
 from sumtune.config import RunConfig, TrainConfig
 from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
 from sumtune.engine import (
@@ -21,6 +21,7 @@ from sumtune.engine import (
     Position,
     RunContext,
     StepPlan,
+    TokenWeightedLoss,
     make_optimizer,
     plan_steps,
     validation_loss,
@@ -67,7 +68,9 @@ def run(cfg: RunConfig) -> dict:
     say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped")
     say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped")
 
-    plan = plan_steps(len(train_feats), accelerator.num_processes, cfg.train)
+    train_lengths = data.example_lengths(train_feats, family)
+    seam = batching.Batching(train_lengths, cfg.train, family, tokenizer)
+    plan = plan_steps(len(train_feats), accelerator.num_processes, cfg.train, seam.epoch_batches)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}")
     say(f"plan: {plan.describe()}")
     # Wrapped once the plan exists (AdaLoRA lays its rank budget out over plan.total_steps); peft
@@ -78,14 +81,17 @@ def run(cfg: RunConfig) -> dict:
     say(f"model: {family.name} family ({family.model_type}); method {cfg.model.method}{quant}: {trainable:,} of {total:,} "
         "parameters trainable")
 
-    collate = data.make_collator(tokenizer)
+    if cfg.train.batching == "packed":  # refused in one line (a probe runs on every rank) before any step
+        family.check_packing(model, getattr(model, "active_peft_config", None))
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    train_lengths = data.example_lengths(train_feats, family)
-    train_dl = data.train_loader(train_feats, train_lengths, cfg.train, collate, generator)
-    say(data.batching_report(train_lengths, cfg.train, cfg.train.seed))
-    val_dl = data.validation_loader(val_feats, data.example_lengths(val_feats, family), cfg.train, collate,
-                                    accelerator.num_processes)
+    train_dl = seam.loader(train_feats, generator)
+    say(seam.report())
+    # Validation batches stay padded, whatever the training batching: the validation loss means the same.
+    val_dl = data.validation_loader(val_feats, data.example_lengths(val_feats, family), cfg.train,
+                                    data.make_collator(tokenizer), accelerator.num_processes)
     optimizer, scheduler = make_optimizer(model, cfg.train, plan, methods.lr_scale(cfg.model))
+    if cfg.train.compile:  # in place: the module (and its saved weights' names) stay as they are
+        model.compile()
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     # The scheduler is stepped by the optimizer step, not by Accelerate (see engine.make_optimizer),
     # so it is registered for save_state/load_state by hand.
@@ -147,9 +153,9 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                dynamic_ncols=True)
     step, epoch, skip, resume_generator = pos.step, pos.epoch, pos.batches_in_epoch, pos.generator_state
     stopped_early = preempted = False
-    forward = lambda batch: model(**batch, use_cache=False).loss  # noqa: E731 (no KV cache to build in training)
-    optimizer_step = OptimizerStep(accelerator, model, optimizer, scheduler, cfg.max_grad_norm, forward, hook)
-    meter = Meter(accelerator, family)
+    loss = TokenWeightedLoss(accelerator, model, family, cfg.chunk_size if cfg.loss == "chunked" else 0)
+    optimizer_step = OptimizerStep(accelerator, model, optimizer, scheduler, cfg.max_grad_norm, loss, hook)
+    meter = Meter(accelerator, family, weighted=True)
     if pos.window:
         meter.restore(pos.window)
     grad_norm, last = torch.tensor(0.0), {}
@@ -162,12 +168,16 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
             epoch_generator = generator.get_state().tolist()
         loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         batches_in_epoch, skip = skip, 0
-        for batch in loader:
-            batches_in_epoch += 1
-            result = optimizer_step(batch, step)
-            meter.add(batch, result.loss)
-            if not result.stepped:
-                continue
+        for window in accumulation_windows(loader, cfg.grad_accum):
+            loss.begin(window)  # the step's target tokens, over every rank, before its first backward
+            # The window's last batch completes the optimizer step, however short the window (the
+            # end of an epoch): Accelerate's counter is set so that it syncs there.
+            accelerator.step = cfg.grad_accum - len(window)
+            for batch in window:
+                batches_in_epoch += 1
+                result = optimizer_step(batch, step)
+                meter.add(batch, *loss.last)
+            assert result.stepped, "an accumulation window ended without an optimizer step"
             step, grad_norm = step + 1, result.grad_norm
             bar.update(1)
             if step % cfg.log_every == 0 or step == plan.total_steps:
@@ -206,3 +216,17 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
         log.log({"val_loss": final["val_loss"]}, step=step)
     final["plan"] = asdict(plan)
     return final
+
+
+def accumulation_windows(loader, size: int):
+    """The loader's batches in lists of ``size`` (the micro-batches of one optimizer step), the
+    last one shorter at the end of an epoch. A resumed epoch starts at a window boundary
+    (checkpoints are taken after optimizer steps)."""
+    window = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window

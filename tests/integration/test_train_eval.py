@@ -50,7 +50,7 @@ def test_two_ranks_train_on_the_length_grouped_batches_dealt_round_robin(runs, d
     is what was trained on."""
     import torch
 
-    from sumtune import data, models
+    from sumtune import batching, data, models
     from sumtune.config import load_config
 
     saved = load_config(runs["lora"] / "sumtune_config.yaml")
@@ -59,13 +59,13 @@ def test_two_ranks_train_on_the_length_grouped_batches_dealt_round_robin(runs, d
     family = models.model_family(demo["model"])
     feats, _ = data.encode_records(records, tokenizer, saved.data, family)
     lengths = data.example_lengths(feats, family)
-    order = list(data.LengthGroupedBatches(lengths, 4, torch.Generator().manual_seed(saved.train.seed),
+    order = list(batching.LengthGroupedBatches(lengths, 4, torch.Generator().manual_seed(saved.train.seed),
                                            saved.train.group_size))
     used = order[:12]
     throughput = json.loads((runs["lora"] / "metrics.json").read_text())["throughput"]
     assert throughput["samples"] == 48
     assert throughput["real_tokens"] == sum(sum(lengths[i]) for b in used for i in b)
-    assert throughput["real_token_share"] == pytest.approx(data.real_token_share(used, lengths), abs=1e-4)
+    assert throughput["real_token_share"] == pytest.approx(batching.real_token_share(used, lengths), abs=1e-4)
     line = next(x for x in runs["lora_proc"].stdout.splitlines() if "batches: length-grouped" in x)
     grouped, random_ = (float(x.split("%")[0].split()[-1]) for x in line.split("real")[:2])
     assert grouped > 90 > random_

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sumtune.config import TrainConfig
-from sumtune.data import LengthGroupedBatches, PadCollator, example_lengths, real_token_share, train_loader
+from sumtune.batching import Batching, LengthGroupedBatches, real_token_share
+from sumtune.data import PadCollator, example_lengths
 from sumtune.families import Seq2SeqFamily
 
 T5 = Seq2SeqFamily("t5")
@@ -96,20 +97,27 @@ def test_restoring_the_generator_and_skipping_batches_continues_the_same_epoch()
     feats = [{"input_ids": list(range(1, n + 1)), "labels": [1] * m} for n, m in skewed_lengths(n=120)]
     cfg = TrainConfig(per_device_batch_size=4, group_size=4)
     gen = torch.Generator().manual_seed(7)
-    list(train_loader(feats, example_lengths(feats, T5), cfg, PadCollator(0), gen))  # epoch 0
+    seam = _seam(feats, cfg)
+    list(seam.loader(feats, gen))  # epoch 0
     epoch_start = gen.get_state()
-    straight = [b["input_ids"] for b in train_loader(feats, example_lengths(feats, T5), cfg, PadCollator(0), gen)]
+    straight = [b["input_ids"] for b in seam.loader(feats, gen)]
     gen2 = torch.Generator().manual_seed(999)
     gen2.set_state(epoch_start)
-    resumed = [b["input_ids"] for b in skip_first_batches(train_loader(feats, example_lengths(feats, T5), cfg, PadCollator(0), gen2), 5)]
+    resumed = [b["input_ids"] for b in skip_first_batches(seam.loader(feats, gen2), 5)]
     assert len(resumed) == len(straight) - 5
     assert all(torch.equal(a, b) for a, b in zip(straight[5:], resumed))
 
 
-def test_group_by_length_false_is_plain_shuffling():
+def _seam(feats, cfg):
+    class Tok:
+        pad_token_id = 0
+
+    return Batching(example_lengths(feats, T5), cfg, T5, Tok())
+
+
+def test_batching_random_is_plain_shuffling():
     feats = [{"input_ids": [1] * n, "labels": [1]} for n, _ in skewed_lengths(n=64)]
-    loader = train_loader(feats, example_lengths(feats, T5), TrainConfig(per_device_batch_size=8, group_by_length=False), PadCollator(0),
-                          torch.Generator().manual_seed(0))
+    loader = _seam(feats, TrainConfig(per_device_batch_size=8, batching="random")).loader(feats, torch.Generator().manual_seed(0))
     assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
 
 

@@ -3,7 +3,10 @@ import json
 import pytest
 
 from sumtune.config import DataConfig
-from sumtune.data import batches_per_rank, encode_records, load_split, make_collator
+import math
+
+from sumtune.batching import batches_per_rank
+from sumtune.data import encode_records, load_split, make_collator
 from sumtune.errors import DataError
 from sumtune.families import Seq2SeqFamily
 
@@ -132,7 +135,7 @@ def test_collator_pads_dynamically_and_masks_label_padding(tokenizer):
 
 @pytest.mark.parametrize("n, bs, world, expected", [(100, 8, 1, 13), (100, 8, 2, 7), (16, 8, 2, 1), (17, 8, 2, 2)])
 def test_batches_per_rank(n, bs, world, expected):
-    assert batches_per_rank(n, bs, world) == expected
+    assert batches_per_rank(math.ceil(n / bs), world) == expected
 
 
 @pytest.mark.parametrize("n, bs, world", [(100, 8, 2), (17, 8, 2), (33, 4, 3), (5, 8, 2)])
@@ -143,7 +146,7 @@ def test_batches_per_rank_matches_accelerates_own_sharding(n, bs, world):
     for rank in range(world):
         shard = BatchSamplerShard(BatchSampler(SequentialSampler(range(n)), bs, False), num_processes=world,
                                   process_index=rank, even_batches=True)
-        assert len(list(shard)) == batches_per_rank(n, bs, world)
+        assert len(list(shard)) == batches_per_rank(math.ceil(n / bs), world)
 
 
 def test_few_shot_prompt_keeps_the_dialogue_and_drops_shots_that_do_not_fit(tokenizer):

@@ -126,9 +126,9 @@ def test_the_carried_window_is_named_and_written_to_the_checkpoint_as_such():
     meter = Meter(Accelerator(cpu=True), Seq2SeqFamily("t5"))
     meter.add(batch(2), torch.tensor(3.0))
     carried = meter.carry()
-    assert list(carried) == ["loss", "batches", "real_tokens", "samples", "positions", "seconds"]
+    assert list(carried) == ["loss", "batches", "real_tokens", "samples", "positions", "seconds", "loss_tokens"]
     assert {k: v for k, v in carried.items() if k != "seconds"} == {"loss": 3.0, "batches": 1.0, "real_tokens": 12.0,
-                                                                      "samples": 2.0, "positions": 12.0}
+                                                                      "samples": 2.0, "positions": 12.0, "loss_tokens": 0.0}
     position = Position(**json.loads(json.dumps({"step": 3, "epoch": 0, "batches_in_epoch": 3, "window": carried})))
     assert Counts.read(position.window) == Counts(**carried)
 
@@ -153,3 +153,83 @@ def test_a_window_carried_as_the_older_list_of_six_floats_still_restores():
         assert (w["loss"], w["real_token_share"]) == ((6.0 + 1.0) / 3, (24 + 18) / (24 + 18))
     assert windows[0]["tokens_per_s"] < (24 + 18) / 0.5  # the carried 0.5 s count as window time
     assert runs[0]["samples"] == runs[1]["samples"] == 7 and runs[0]["real_tokens"] == 42
+
+
+def test_a_window_saved_before_token_weighting_keeps_its_throughput_but_not_its_loss():
+    """A checkpoint from before the loss was token-weighted carries a sum of batch means, which a
+    token-weighted meter cannot continue: the window logged after the resume is the token mean of
+    the batches since (its real tokens still count)."""
+    from accelerate import Accelerator
+
+    meter = Meter(Accelerator(cpu=True), Seq2SeqFamily("t5"), weighted=True)
+    meter.restore([6.0, 2.0, 24.0, 4.0, 24.0, 0.5])
+    meter.add(batch(3), torch.tensor(9.0), torch.tensor(6))
+    window = meter.window()
+    assert window["loss"] == 9.0 / 6
+    assert meter.run()["real_tokens"] == 24 + 18
+
+
+def ragged_t5_batches(n: int, size: int, seed: int = 3) -> list[dict]:
+    """Rows with 1 to 6 real target tokens (labels -100 after them) and ragged sources."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        labels = torch.randint(2, 32, (size, 6), generator=g)
+        keep = torch.randint(1, 7, (size, 1), generator=g)
+        labels[torch.arange(6)[None, :] >= keep] = -100
+        src = torch.randint(3, 9, (size, 1), generator=g)
+        mask = (torch.arange(8)[None, :] < src).long()
+        out.append({"input_ids": torch.randint(2, 32, (size, 8), generator=g) * mask, "attention_mask": mask,
+                    "labels": labels})
+    return out
+
+
+def token_weighted_train(grad_accum: int, windows: list[list[dict]]) -> tuple[dict, list[float], list[float]]:
+    """What recipes.finetune.fit does with each accumulation window, in one process (plain SGD)."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    from sumtune.engine import TokenWeightedLoss
+
+    acc = Accelerator(cpu=True, gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum,
+                                                                                        sync_with_dataloader=False))
+    model, optimizer, scheduler = sgd(tiny_t5(), acc)
+    loss = TokenWeightedLoss(acc, model, Seq2SeqFamily("t5"))
+    step = OptimizerStep(acc, model, optimizer, scheduler, max_grad_norm=1e9, loss_fn=loss)
+    meter = Meter(acc, Seq2SeqFamily("t5"), weighted=True)
+    norms, losses = [], []
+    for done, window in enumerate(windows):
+        loss.begin(window)
+        acc.step = grad_accum - len(window)
+        for b in window:
+            result = step(b, done)
+            meter.add(b, *loss.last)
+        assert result.stepped
+        norms.append(float(result.grad_norm))
+        losses.append(meter.window()["loss"])
+    return {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}, norms, losses
+
+
+def test_token_weighted_accumulation_equals_the_large_batch_with_unequal_lengths():
+    """batch 8 = 4 x 2 accumulation (and 3 + 5 cut unevenly) in losses, gradient norms and weights;
+    the logged loss is the step's token mean. A mean of per-batch means would differ here."""
+    halves = ragged_t5_batches(4, 4)
+    cat = lambda a, b: {k: torch.cat([a[k], b[k]]) for k in a}  # noqa: E731
+    wholes = [cat(a, b) for a, b in zip(halves[::2], halves[1::2])]
+    uneven = [[{k: v[:3] for k, v in w.items()}, {k: v[3:] for k, v in w.items()}] for w in wholes]
+    ref, ref_norms, ref_losses = token_weighted_train(1, [[w] for w in wholes])
+    for windows in ([[a, b] for a, b in zip(halves[::2], halves[1::2])], uneven):
+        got, norms, losses = token_weighted_train(2, windows)
+        assert norms == pytest.approx(ref_norms, rel=1e-5)
+        assert losses == pytest.approx(ref_losses, rel=1e-6)
+        for key in ref:
+            assert (got[key] - ref[key]).abs().max().item() <= 1e-6, key
+    # the logged loss of step 1 is its token mean, computed by hand
+    model = tiny_t5()
+    w = wholes[0]
+    logits = model(input_ids=w["input_ids"], attention_mask=w["attention_mask"], labels=w["labels"]).logits
+    per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), w["labels"].flatten(), reduction="sum")
+    assert ref_losses[0] == pytest.approx(per_token.item() / (w["labels"] != -100).sum().item(), rel=1e-6)
+    # and the old mean of means is measurably different on the uneven cut
+    means = [model(**h).loss.item() for h in uneven[0]]
+    assert abs(sum(means) / 2 - ref_losses[0]) > 1e-3
