@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,19 @@ def run_into_fault(args: list[str], fault: str, pid_dir: Path, config: str = "cp
     assert proc.returncode != 0, out[-4000:]
     assert strays == [], "workers outlived the launcher"
     return out
+
+
+def kill_when(args: list[str], config: str, marker: Path, launcher_args: tuple = ()) -> None:
+    """Start a run and SIGKILL every worker once ``marker`` exists, then the launcher. (The elastic
+    agent starts its workers in sessions of their own: killing the launcher's group alone leaves
+    them training.)"""
+    pid_dir = marker.parents[2] / "pids"
+    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, launcher_args=launcher_args, quiet=True)
+    try:
+        wait_for(marker.exists, proc, "a checkpoint to kill at")
+        workers = [int(p.read_text()) for p in pid_dir.glob("rank-*.pid")]
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        stop(proc, pid_dir)

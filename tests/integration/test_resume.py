@@ -10,7 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DEEPSPEED_ON_CPU, check, launch, read_jsonl, run_into_fault, run_overrides, start, stop, wait_for
+from helpers import (
+    DEEPSPEED_ON_CPU,
+    check,
+    kill_when,
+    launch,
+    read_jsonl,
+    run_into_fault,
+    run_overrides,
+    start,
+    stop,
+    wait_for,
+)
 
 from sumtune import checkpoints
 
@@ -22,22 +33,6 @@ def overrides(demo, tmp: Path, name: str, accum: int, *extra: str) -> list[str]:
             if not o.startswith(("train.log_every", "train.eval_every"))]
     return [*base, "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=2", "train.keep_checkpoints=2",
             f"train.grad_accum={accum}", "tracker.backend=none", *extra]
-
-
-def kill_when(args: list[str], config: str, marker: Path) -> None:
-    """Start a run and SIGKILL every worker once ``marker`` exists, then the launcher. (The elastic
-    agent starts its workers in sessions of their own: killing the launcher's group alone leaves
-    them training.)"""
-    pid_dir = marker.parents[2] / "pids"
-    proc = start("train/finetune.py", *args, pid_dir=pid_dir, config=config, quiet=True)
-    try:
-        wait_for(marker.exists, proc, "a checkpoint to kill at")
-        workers = [int(p.read_text()) for p in pid_dir.glob("rank-*.pid")]
-        assert workers
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
-    finally:
-        stop(proc, pid_dir)
 
 
 def _weights(run: Path) -> dict:

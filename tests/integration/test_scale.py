@@ -2,8 +2,9 @@
 
 Reference: ONE process, 4 examples per batch, 2 accumulation steps (global batch 8). Every other
 topology runs 2 processes x 4 examples (global batch 8): DDP, ZeRO-1/2/3 and their offload
-variants must give the same per-step losses and the same final weights (fp32 CPU, within 1e-5).
-Dropout is off here: each rank draws its own masks, so with dropout the runs differ by design.
+variants must give the same per-step losses and the same final weights (fp32 CPU, within 1e-5),
+and so must ONE process with one batch of 8 (the loss weighs every target token of a step alike).
+Random batches, so that every cut of a step holds the same examples. Dropout is off here: each rank draws its own masks, so with dropout the runs differ by design.
 """
 
 import json
@@ -42,15 +43,18 @@ def test_every_accelerate_and_deepspeed_config_is_launched_by_a_test():
     assert all_json == launched_json, f"DeepSpeed configs no launched accelerate config uses: {all_json - launched_json}"
 
 
-def equivalence_run(demo, tmp: Path, config: str) -> Path:
+def equivalence_run(demo, tmp: Path, config: str, batch_accum: tuple[int, int] | None = None, name: str = "") -> Path:
     args, batch, accum = TOPOLOGIES[config]
-    name = config.removesuffix(".yaml")
+    batch, accum = batch_accum or (batch, accum)
+    name = name or config.removesuffix(".yaml")
     overrides = [o for o in run_overrides(demo, tmp, name, "full", steps=4) if not o.startswith(("train.log_every",
                                                                                                "train.per_device"))]
     # lr 1e-4: Adam turns reduction-order noise in near-zero gradients into weight differences of up
     # to about lr per step (at 1e-3, ZeRO-3 differed from the reference by 1.2e-5 in one tensor).
     overrides += ["train.lr=1e-4", f"train.per_device_batch_size={batch}", f"train.grad_accum={accum}", "train.log_every=1",
-                  "train.dropout=0.0", "train.eval_every=0", "tracker.backend=none"]
+                  "train.dropout=0.0", "train.eval_every=0", "tracker.backend=none",
+                  # random batches: a step sees the same 8 examples whether cut 8, 4 x 2 or 2 x 4
+                  "train.batching=random"]
     if "zero3" in config:  # generation under ZeRO-3 at the last step (weights gathered layer by layer)
         overrides += ["train.rouge_every=4", "train.rouge_examples=6"]
     proc = check(launch("train/finetune.py", *overrides, config=config, launcher_args=args))
@@ -94,6 +98,19 @@ def test_topology_matches_one_process_with_accumulation(config, reference, demo)
     assert set(a) == set(b)
     for key in a:
         assert b[key].numel() > 0, f"{key} saved empty (ZeRO-3 shard written without gathering)"
+        assert (a[key] - b[key]).abs().max().item() < TOL, key
+
+
+def test_one_process_with_batch_8_matches_the_accumulated_reference(reference, demo):
+    """The loss is token-weighted over the whole optimizer step, so 4 x 2 accumulation (and with it
+    every topology above) trains exactly as one batch of 8 does, summaries of unequal lengths."""
+    tmp, ref = reference
+    run = equivalence_run(demo, tmp, "cpu_1proc.yaml", (8, 1), name="batch8")
+    assert json.loads((run / "metrics.json").read_text())["plan"]["effective_batch"] == 8
+    assert _losses(run) == pytest.approx(_losses(ref), abs=TOL)
+    assert _grad_norms(run) == pytest.approx(_grad_norms(ref), rel=TOL)
+    a, b = _weights(ref), _weights(run)
+    for key in a:
         assert (a[key] - b[key]).abs().max().item() < TOL, key
 
 

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from sumtune.config import TrainConfig
 from sumtune.batching import Batching, LengthGroupedBatches, real_token_share
+from sumtune.config import TrainConfig
 from sumtune.data import PadCollator, example_lengths
 from sumtune.families import Seq2SeqFamily
 

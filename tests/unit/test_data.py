@@ -1,11 +1,10 @@
 import json
+import math
 
 import pytest
 
-from sumtune.config import DataConfig
-import math
-
 from sumtune.batching import batches_per_rank
+from sumtune.config import DataConfig
 from sumtune.data import encode_records, load_split, make_collator
 from sumtune.errors import DataError
 from sumtune.families import Seq2SeqFamily

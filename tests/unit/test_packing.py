@@ -8,6 +8,7 @@ best-fit decreasing rows within their budget, token-budget batches, and the step
 the strategy yields.
 """
 
+import math
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from sumtune import families
 from sumtune.batching import Batching, LengthGroupedBatches, PackedRows, pack_rows
 from sumtune.config import DataConfig, TrainConfig
-from sumtune.data import PadCollator, encode_records, example_lengths
+from sumtune.data import PadCollator, encode_records
 from sumtune.engine import plan_steps
 from sumtune.errors import ConfigError
 
@@ -221,11 +222,11 @@ def test_token_budget_batches_stay_within_it_and_the_plan_counts_them():
     seam = Batching(lengths, cfg, families.Seq2SeqFamily("t5"), tokenizer=type("T", (), {"pad_token_id": 0})())
     assert [seam.epoch_batches(e) for e in range(3)] == [len(b) for b in epochs]
     plan = plan_steps(300, 2, cfg, seam.epoch_batches)
-    assert plan.total_steps == sum(-(-(-(-len(b) // 2)) // 2) for b in epochs)
+    assert plan.total_steps == sum(math.ceil(math.ceil(len(b) / 2) / 2) for b in epochs)
     packed = TrainConfig(batching="packed", max_tokens=1024, grad_accum=1, epochs=2)
     seam = Batching(lengths, packed, families.Seq2SeqFamily("t5"), tokenizer=None)
     rows = len(PackedRows(lengths, 1024, torch.Generator()))
-    assert plan_steps(300, 2, packed, seam.epoch_batches).total_steps == 2 * -(-rows // 2)
+    assert plan_steps(300, 2, packed, seam.epoch_batches).total_steps == 2 * math.ceil(rows / 2)
     assert "packed" in seam.report() and "rows of at most 1024" in seam.report()
 
 
