@@ -56,7 +56,11 @@ class LengthGroupedBatches:
     def __init__(self, lengths: list[tuple[int, int]], batch_size: int, generator, group_size: int = 64,
                  max_tokens: int = 0):
         self.lengths = lengths
-        self.batch_size = batch_size
+        self.size = batch_size
+        # What Accelerate's BatchSamplerShard reads: a batch shorter than ``batch_size`` counts as
+        # incomplete there (and is completed from the epoch's start), so batches of a budget,
+        # whose sizes vary by design, declare None ("batches of dynamic length").
+        self.batch_size = None if max_tokens else batch_size
         self.generator = generator
         self.group_size = group_size
         self.max_tokens = max_tokens
@@ -67,18 +71,18 @@ class LengthGroupedBatches:
             copy = torch.Generator().manual_seed(0)
             copy.set_state(self.generator.get_state())
             return len(self._draw(copy))
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(len(self.lengths) / self.size)
 
     def _cut(self, ranked: list[int]) -> list[list[int]]:
         if not self.max_tokens:
-            return [ranked[j:j + self.batch_size] for j in range(0, len(ranked), self.batch_size)]
+            return [ranked[j:j + self.size] for j in range(0, len(ranked), self.size)]
         batches: list[list[int]] = []
         current: list[int] = []
         src = tgt = 0
         for i in ranked:
             s, t = self.lengths[i]
             grown = (len(current) + 1) * (max(src, s) + max(tgt, t))
-            if current and (len(current) == self.batch_size or grown > self.max_tokens):
+            if current and (len(current) == self.size or grown > self.max_tokens):
                 batches.append(current)
                 current, src, tgt = [], 0, 0
             current.append(i)
@@ -86,7 +90,7 @@ class LengthGroupedBatches:
         return batches + [current] if current else batches
 
     def _draw(self, generator) -> list[list[int]]:
-        n, bs = len(self.lengths), self.batch_size
+        n, bs = len(self.lengths), self.size
         perm = torch.randperm(n, generator=generator).tolist()
         pool = bs * self.group_size
         full, short = [], []
@@ -146,7 +150,7 @@ class PackedRows:
         self.max_tokens = max_tokens
         self.generator = generator
         self.rows = pack_rows([s + t for s, t in lengths], max_tokens)
-        self.batch_size = 1
+        self.batch_size = None  # rows hold different numbers of examples (see LengthGroupedBatches)
         self.drop_last = False
 
     def __len__(self) -> int:
