@@ -148,7 +148,7 @@ RESUME_HARMLESS = (
     "train.log_every", "train.eval_every", "train.eval_max_batches", "train.rouge_every", "train.rouge_examples",
     "train.best_metric", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
     # the same loss computed another way (tested equal), and the compiled model's padding
-    "train.loss", "train.chunk_size", "train.compile", "train.pad_to_multiple",
+    "train.loss", "train.chunk_size", "train.compile", "train.pad_to_multiple", "model.attn_implementation",
     "data.max_eval_examples", "generation.", "eval.", "tracker.", "rl.samples_every", "rl.samples_rows", "rl.max_kl",
 )
 
@@ -224,6 +224,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # behaviour of the versions without them (group_size: any value, batches were not grouped; a saved
 # train.group_by_length is read as train.batching, see config.RENAMED).
 KEYS_ADDED_LATER = {"train.batching": "random", "train.group_size": 256, "train.max_tokens": 0, "model.trust_remote_code": False,
+                    "model.attn_implementation": None,
                     "model.family": "auto", "data.chat_template": "auto",
                     # the RL recipe's section: runs from before it trained without it (its defaults)
                     **_flat({"rl": to_dict(RLConfig())})}

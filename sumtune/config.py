@@ -157,6 +157,11 @@ class ModelConfig:
     # Load the frozen base in 8 or 4 bits (bitsandbytes) under an adapter method; not with DeepSpeed ZeRO-3.
     quantization: Literal["none", "8bit", "4bit"] = "none"
     gradient_checkpointing: bool = False
+    # The attention kernel for training (transformers' attn_implementation: "sdpa", "eager",
+    # "flex_attention", "flash_attention_2" on a GPU with flash-attn installed...); null: the
+    # model's default. With train.batching=packed, flash-attention variants take the examples'
+    # boundaries from the positions (varlen kernels: no masked work at all).
+    attn_implementation: str | None = None
     # Run Python code shipped with a model (a config.json with "auto_map"): only for models you trust.
     trust_remote_code: bool = False
 

@@ -51,9 +51,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, family: F
 
 
 def load_model(name_or_path: str, dropout: float | None = None, quantization: str = "none",
-               trust_remote_code: bool = False, family: Family | None = None):
+               trust_remote_code: bool = False, family: Family | None = None, attn_implementation: str | None = None):
     family = family or families.resolve(name_or_path, trust_remote_code=trust_remote_code)
-    model = family.load(name_or_path, quantization, trust_remote_code)
+    model = family.load(name_or_path, quantization, trust_remote_code, attn_implementation)
     if dropout is not None:
         set_dropout(model, dropout)
     return model

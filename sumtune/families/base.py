@@ -147,14 +147,16 @@ class Family:
         return f"{type(self).__name__}({self.model_type!r})"
 
     # -- loading
-    def load(self, name_or_path: str, quantization: str = "none", trust_remote_code: bool = False):
+    def load(self, name_or_path: str, quantization: str = "none", trust_remote_code: bool = False,
+             attn_implementation: str | None = None):
         import transformers
 
         check_model_source(name_or_path)
         cls = getattr(transformers, self.auto_class)
+        chosen = {"attn_implementation": attn_implementation} if attn_implementation else {}
         try:
             return cls.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                       **quantization_kwargs(quantization))
+                                       **quantization_kwargs(quantization), **chosen)
         except OSError as err:
             raise ModelError(f"cannot load model '{name_or_path}' ({str(err).splitlines()[0]})") from None
         except ValueError as err:

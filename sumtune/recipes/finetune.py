@@ -55,7 +55,7 @@ def run(cfg: RunConfig) -> dict:
     # FLAN-T5's untied lm_head (docs/ARCHITECTURE.md).
     tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, family)
     base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code,
-                             family)
+                             family, cfg.model.attn_implementation)
     accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
     say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
 
