@@ -29,10 +29,28 @@ def test_harmless_changes_resume_and_batch_arithmetic_changes_are_refused_by_nam
 
 def test_a_checkpoint_from_before_length_grouping_resumes_only_with_random_batches(tmp_path):
     folder = saved_checkpoint(tmp_path, load_config(None, []),
-                              drop=("train.group_by_length", "train.group_size", "model.trust_remote_code"))
-    with pytest.raises(SumtuneError, match="differs in train.group_by_length"):
+                              drop=("train.batching", "train.group_size", "train.max_tokens", "train.loss",
+                                    "train.chunk_size", "train.compile", "train.pad_to_multiple",
+                                    "model.trust_remote_code", "model.attn_implementation"))
+    with pytest.raises(SumtuneError, match="differs in train.batching"):
         checkpoints.check_resumable(load_config(None, []), folder)  # today's default groups by length
-    checkpoints.check_resumable(load_config(None, ["train.group_by_length=false"]), folder)
+    checkpoints.check_resumable(load_config(None, ["train.batching=random"]), folder)
+
+
+@pytest.mark.parametrize("grouped, batching", [(True, "grouped"), (False, "random")])
+def test_a_checkpoint_that_saved_group_by_length_resumes_with_the_batching_it_meant(tmp_path, grouped, batching):
+    """Checkpoints written before train.batching (2026-11-30 .. 2026-12-05) saved train.group_by_length."""
+    folder = saved_checkpoint(tmp_path, load_config(None, []),
+                              drop=("train.batching", "train.max_tokens", "train.loss", "train.chunk_size",
+                                    "train.compile", "train.pad_to_multiple", "model.attn_implementation"))
+    path = folder / checkpoints.CONFIG_FILE
+    values = yaml.safe_load(path.read_text())
+    values["train"]["group_by_length"] = grouped
+    path.write_text(yaml.safe_dump(values))
+    checkpoints.check_resumable(load_config(None, [f"train.batching={batching}"]), folder)
+    other = "random" if grouped else "grouped"
+    with pytest.raises(SumtuneError, match="differs in train.batching"):
+        checkpoints.check_resumable(load_config(None, [f"train.batching={other}"]), folder)
 
 
 def test_overwriting_a_run_removes_the_earlier_methods_model_files(tmp_path):
