@@ -250,6 +250,13 @@ class GenerationConfig:
 @dataclass
 class EvalConfig:
     split: Literal["validation", "test"] = "test"
+    # "grouped": rows holding the same dialogue are ONE example with several references (DialogSum's
+    # test split: each dialogue three times, ids test_<i>_1..3): it is generated once and scored
+    # against all of them, both as the multi-reference score (the best reference per ROUGE type,
+    # rouge_score's score_multi) and as the mean over its references; intervals resample
+    # dialogues. A split with one row per dialogue scores as before. "rows": every row is an
+    # example of its own (the same dialogue generated once per row). ROUGE during training follows it.
+    references: Literal["grouped", "rows"] = "grouped"
     # Toxicity of each candidate's summaries (the summary alone, not dialogue + summary), scored by a
     # sequence classifier (hub id or path; None: not scored): the softmax probability of the label
     # named here, per summary; mean, std, share above 0.5 and a bootstrap interval per candidate.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,26 @@ LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": 
 class SplitStats:
     rows: int = 0
     skipped: int = 0
+    # Rows changed by read-time normalisation (normalise_text): Windows/old-Mac line ends made
+    # "\n" (in the dialogue or the summary), and leading/trailing whitespace removed.
+    line_ends: int = 0
+    edge_whitespace: int = 0
+
+    def describe_normalised(self) -> str:
+        """'; ...' naming what normalisation changed, or '' when nothing."""
+        parts = [f"{n} with {what}" for n, what in ((self.line_ends, "\\r\\n or \\r line ends made \\n"),
+                                                    (self.edge_whitespace, "edge whitespace stripped")) if n]
+        return "; normalised: " + ", ".join(parts) if parts else ""
+
+
+def normalise_text(text: str) -> tuple[str, bool, bool]:
+    """(text with every line end "\\n" and no leading/trailing whitespace, whether a line end
+    changed, whether edge whitespace went). SAMSum mixes "\\r\\n" and "\\n": left alone, one
+    dialogue would become different tokens depending on its line ends (Qwen2.5 keeps "\\r\\n" as a
+    token of its own), and a summary's trailing space or newline would be learned as target tokens."""
+    unified = text.replace("\r\n", "\n").replace("\r", "\n")
+    stripped = unified.strip()
+    return stripped, unified != text, stripped != unified
 
 
 # ----------------------------------------------------------------------------- reading
@@ -163,11 +184,51 @@ def read_records(rows: Iterator[tuple[str, dict]], origin: str, cfg: DataConfig)
         if rid in seen_ids:
             raise DataError(f"{origin} {where}: id '{rid}' already used at {seen_ids[rid]}; ids must be unique")
         seen_ids[rid] = where
-        records.append({"id": rid, "dialogue": row[cols.dialogue], "summary": row[cols.summary]})
+        dialogue, ends_d, edge_d = normalise_text(row[cols.dialogue])
+        summary, ends_s, edge_s = normalise_text(row[cols.summary])
+        stats.line_ends += ends_d or ends_s
+        stats.edge_whitespace += edge_d or edge_s
+        records.append({"id": rid, "dialogue": dialogue, "summary": summary})
     if not records:
         reason = f"all {stats.rows} rows were skipped as bad" if stats.rows else "it has no rows"
         raise DataError(f"{origin}: no usable examples ({reason})")
     return records, stats
+
+
+_NUMBERED = re.compile(r"^(.+)_(\d+)$")
+
+
+def group_references(records: list[dict]) -> list[dict]:
+    """Examples with all their references: rows holding the same dialogue text (after read-time
+    normalisation) become one example ``{"id", "dialogue", "references": [...], "ids": [...]}``,
+    in the order of their first row. DialogSum's hub test split holds each dialogue three times
+    (ids ``test_<i>_1..3``, one reference each): its example id is the ids' shared stem
+    (``test_<i>``); otherwise the first row's id. A dialogue seen once is an example with one
+    reference and its own id."""
+    groups: dict[str, dict] = {}
+    for rec in records:
+        group = groups.setdefault(rec["dialogue"], {"dialogue": rec["dialogue"], "references": [], "ids": []})
+        group["references"].append(rec["summary"])
+        group["ids"].append(rec["id"])
+    out, used = [], set()
+    for group in groups.values():
+        ids = group["ids"]
+        stems = {m.group(1) if (m := _NUMBERED.match(i)) else None for i in ids}
+        gid = stems.pop() if len(ids) > 1 and len(stems) == 1 and None not in stems else ids[0]
+        if gid in used:  # a stem shared by two different dialogues: keep the rows' own id
+            gid = ids[0]
+        used.add(gid)
+        out.append({"id": gid, **group})
+    return out
+
+
+def scoring_examples(records: list[dict], references: str) -> list[dict]:
+    """What evaluation and ROUGE during training generate for and score: ``{"id", "dialogue",
+    "references", "ids"}`` per distinct dialogue (``eval.references=grouped``: its rows' summaries are
+    its references; group_references), or per row (``rows``)."""
+    if references == "grouped":
+        return group_references(records)
+    return [{"id": r["id"], "dialogue": r["dialogue"], "references": [r["summary"]], "ids": [r["id"]]} for r in records]
 
 
 def load_split(cfg: DataConfig, split: str, limit: int = 0) -> tuple[list[dict], SplitStats]:

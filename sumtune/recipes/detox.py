@@ -478,7 +478,8 @@ class Validator:
 
     def __init__(self, accelerator, tokenizer, val_records, cfg: RunConfig, family, reward, good):
         self.acc, self.tok, self.cfg, self.reward, self.good = accelerator, tokenizer, cfg, reward, good
-        self.records = val_records[:cfg.train.rouge_examples]
+        # Several rows of one dialogue (DialogSum): generated once, scored against all its references.
+        self.records = data.scoring_examples(val_records, cfg.eval.references)[:cfg.train.rouge_examples]
         self.encoder = data.prompt_encoder(family, tokenizer, cfg.data)
 
     def __call__(self, model, step: int) -> dict[str, float]:
@@ -491,7 +492,7 @@ class Validator:
         logits = self.reward.logits(preds)
         kind = self.cfg.rl.reward.score
         score = logits[:, self.good] if kind == "logit" else logits.softmax(-1)[:, self.good]
-        means, _ = rouge.score(preds, [r["summary"] for r in self.records])
+        means = rouge.score_multi(preds, [r["references"] for r in self.records]).means
         scores = {"val_score": score.mean().item(),
                   "val_bad_share": (logits.softmax(-1)[:, self.good] < 0.5).float().mean().item(),
                   **{f"val_{k}": v for k, v in means.items()}}
