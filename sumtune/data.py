@@ -255,12 +255,56 @@ class EncodeStats:
     examples: int = 0
     truncated_source: int = 0
     truncated_target: int = 0
+    # Examples whose prompt or summary holds the tokenizer's <unk> (None: it has none, as byte-level
+    # BPE tokenizers such as Qwen's and Llama's encode every character).
+    with_unk: int | None = 0
 
     def describe(self) -> str:
+        if self.with_unk is None:
+            unk = "no <unk> token (every character is encoded)"
+        else:
+            unk = f"<unk> tokens in {self.with_unk} ({self.with_unk / max(self.examples, 1):.1%})"
         return (
             f"{self.examples} examples; dialogue truncated in {self.truncated_source}, "
-            f"summary truncated in {self.truncated_target}"
+            f"summary truncated in {self.truncated_target}; {unk}"
         )
+
+
+# Characters a tokenizer may not know (FLAN-T5's maps each to <unk>), probed at start-up.
+_PROBED = ("<", "{", "~", "\U0001F600")
+
+
+def tokenizer_notes(tokenizer, cfg: DataConfig) -> str:
+    """One start-up line: what the tokenizer does to turn separators (line ends), which probed
+    characters become <unk>, and whose length limits apply."""
+    ids = tokenizer("Anna: hi\nTom: yo", add_special_tokens=False)["input_ids"]
+    kept = "\n" in tokenizer.decode(ids)
+    if cfg.turn_separator is not None:
+        turns = f"turns separated by {cfg.turn_separator!r} (data.turn_separator)"
+    elif kept:
+        turns = "newlines kept"
+    else:
+        turns = ("newlines become spaces (turns survive only through the speaker names; data.turn_separator sets a "
+                 "separator)")
+    unk_id = tokenizer.unk_token_id
+    lost = [c for c in _PROBED if unk_id is not None and unk_id in tokenizer(c, add_special_tokens=False)["input_ids"]]
+    unknown = f"{', '.join(repr(c) for c in lost)} -> <unk>" if lost else "no probed character becomes <unk>"
+    limit = getattr(tokenizer, "model_max_length", None)
+    own = (f"model_max_length {limit:.0e}" if isinstance(limit, (int, float)) and limit > 1e6 else f"model_max_length {limit}")
+    return (f"tokenizer: {turns}; {unknown}; {own}, sumtune cuts at data.max_source_length {cfg.max_source_length} "
+            f"and max_target_length {cfg.max_target_length}")
+
+
+PROMPT_EXAMPLE_FILE = "prompt_example.txt"
+
+
+def render_example(encoder: PromptEncoder, family, tokenizer, record: dict, cfg: DataConfig) -> str:
+    """The first example as the model sees it (special tokens shown), for prompt_example.txt: a run
+    folder says what its prompts were (chat template, system message, date, separators)."""
+    prompt, _ = encoder.encode(record["dialogue"])
+    target, _ = family.target_ids(tokenizer, record["summary"], cfg.max_target_length)
+    return (f"# id {record['id']}: the prompt ({len(prompt)} tokens) and the target ({len(target)} tokens), decoded\n"
+            f"{tokenizer.decode(prompt)}\n# target\n{tokenizer.decode(target)}\n")
 
 
 class PromptEncoder:
@@ -275,10 +319,11 @@ class PromptEncoder:
     """
 
     def __init__(self, tokenizer, template: str, max_source_length: int, shots: list[dict] | tuple = (),
-                 frame=None):
+                 frame=None, turn_separator: str | None = None):
         from sumtune.families.base import PromptFrame, wrapping
 
         self.tok = tokenizer
+        self.turn_separator = turn_separator
         self.max_len = max_source_length
         if frame is None:
             frame = PromptFrame(resolve_template(template), *wrapping(tokenizer))
@@ -296,13 +341,19 @@ class PromptEncoder:
                 f"raise data.max_source_length (now {max_source_length})"
             )
         self.room = room
-        self.shot_ids = [self._ids(format_prompt(self.template, s["dialogue"]) + s["summary"] + "\n\n") for s in shots]
+        self.shot_ids = [self._ids(format_prompt(self.template, self.turns(s["dialogue"])) + s["summary"] + "\n\n")
+                         for s in shots]
+
+    def turns(self, dialogue: str) -> str:
+        """The dialogue as tokenised: its line ends replaced by ``data.turn_separator`` when one is set."""
+        return dialogue.replace("\n", self.turn_separator) if self.turn_separator is not None else dialogue
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def encode(self, dialogue: str) -> tuple[list[int], bool]:
         """(ids, whether the dialogue was cut)."""
+        dialogue = self.turns(dialogue)
         full = self.lead + self._ids(format_prompt(self.template, dialogue)) + self.tail
         if len(full) <= self.max_len:
             return full, False
@@ -329,19 +380,23 @@ def prompt_encoder(family, tokenizer, cfg: DataConfig, template: str | None = No
     """The PromptEncoder a model family uses for the config's template (or ``template``)."""
     template = template or cfg.template
     return PromptEncoder(tokenizer, template, cfg.max_source_length, shots=shots,
-                         frame=family.frame(tokenizer, template, cfg.chat_template))
+                         frame=family.frame(tokenizer, template, cfg.chat_template, cfg.system_prompt, cfg.chat_date),
+                         turn_separator=cfg.turn_separator)
 
 
 def encode_records(records: list[dict], tokenizer, cfg: DataConfig, family) -> tuple[list[dict], EncodeStats]:
     """Training features (the family decides their shape) and what truncation cut."""
     enc = prompt_encoder(family, tokenizer, cfg)
-    stats = EncodeStats(examples=len(records))
+    unk = tokenizer.unk_token_id
+    stats = EncodeStats(examples=len(records), with_unk=None if unk is None else 0)
     features = []
     for rec in records:
         src, cut_src = enc.encode(rec["dialogue"])
         tgt, cut_tgt = family.target_ids(tokenizer, rec["summary"], cfg.max_target_length)
         stats.truncated_source += cut_src
         stats.truncated_target += cut_tgt
+        if unk is not None:
+            stats.with_unk += unk in src or unk in tgt
         features.append(family.example(src, tgt))
     return features, stats
 

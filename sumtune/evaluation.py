@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sumtune import compare, data, families, methods, models, rouge, tracking
+from sumtune import checkpoints, compare, data, families, methods, models, rouge, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
@@ -79,8 +79,17 @@ def load_candidate(cand: Candidate, cfg: RunConfig):
     trained = trained_config(cand.folder)
     saved_data, saved_model = trained.get("data", {}), trained.get("model", {})
     template = cand.template or saved_data.get("template") or cfg.data.template
-    prompts = dataclasses.replace(cfg.data, template=resolve_template(template),
-                                  chat_template=saved_data.get("chat_template", cfg.data.chat_template))
+    # A run folder is prompted as it was trained: its chat template choice, system message, pinned
+    # date and turn separator (folders from before these settings existed: their behaviour then).
+    prompting = {}
+    for key in ("chat_template", "system_prompt", "chat_date", "turn_separator"):
+        if key in saved_data:
+            prompting[key] = saved_data[key]
+        elif saved_data:
+            prompting[key] = checkpoints.KEYS_ADDED_LATER.get(f"data.{key}", getattr(cfg.data, key))
+        else:
+            prompting[key] = getattr(cfg.data, key)
+    prompts = dataclasses.replace(cfg.data, template=resolve_template(template), **prompting)
     trust = cfg.model.trust_remote_code
     family = families.resolve(cand.path, saved_model.get("family", "auto"), trust, key=f"candidate {cand.name}")
     if cand.kind == "adapter":
