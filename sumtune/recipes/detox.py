@@ -79,7 +79,7 @@ def check_prompting(cfg: RunConfig) -> None:
     import yaml
 
     saved = (yaml.safe_load(trained.read_text(encoding="utf-8")) or {}).get("data", {})
-    for key in ("template", "chat_template", "max_source_length"):
+    for key in ("template", "chat_template", "system_prompt", "chat_date", "turn_separator", "max_source_length"):
         if key in saved and saved[key] != getattr(cfg.data, key):
             raise ConfigError(f"config key 'data.{key}': the start {cfg.model.name_or_path} was trained with "
                               f"{saved[key]!r}, this run has {getattr(cfg.data, key)!r}; prompt the policy as it was "

@@ -178,3 +178,27 @@ def test_candidates_scored_against_different_references_are_refused():
     two = compare.Result("b", [{"id": "1", "reference": "x y", "prediction": "x"}])
     with pytest.raises(SumtuneError, match="different references"):
         compare.compare([one, two])
+
+
+def test_rouge_during_training_scores_a_multi_reference_validation_split_per_dialogue(t5, tmp_path):
+    from accelerate import Accelerator
+
+    from sumtune import families, models
+    from sumtune.validation import RougeValidator
+
+    rows = [{"id": r["id"], "dialogue": r["dialogue"], "summary": r["summary"]} for r in dialogsum_rows(4)]
+    cfg = from_dict({"output_dir": str(tmp_path), "train": {"rouge_every": 1, "rouge_examples": 3},
+                     "data": {"max_source_length": 128}, "generation": {"max_new_tokens": 10}})
+    model = models.load_model(str(t5))
+    tok = models.load_tokenizer(str(t5))
+    validator = RougeValidator(Accelerator(cpu=True), tok, rows, cfg, families.of_model(model))
+    assert [r["id"] for r in validator.records] == ["test_0", "test_1", "test_2"]  # rouge_examples counts dialogues
+    scores, _ = validator(model, step=1)
+    from sumtune.generation import generate
+
+    preds, _ = generate(Accelerator(cpu=True), model, tok, validator.encoder, [r["dialogue"] for r in validator.records],
+                        cfg.generation, progress=False)
+    for k in rouge.ROUGE_TYPES:
+        best = np.mean([direct(p, r["references"])[0][k] for p, r in zip(preds, validator.records)])
+        assert abs(scores[f"val_{k}"] - best) < 1e-9
+    assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["examples"] == 3
