@@ -295,6 +295,12 @@ def tokenizer_notes(tokenizer, cfg: DataConfig) -> str:
             f"and max_target_length {cfg.max_target_length}")
 
 
+def prompts_with_unk(encoder: PromptEncoder, dialogues: list[str]) -> int | None:
+    """How many of these dialogues' prompts hold the tokenizer's <unk> (None: it has none)."""
+    unk = encoder.tok.unk_token_id
+    return None if unk is None else sum(unk in encoder.encode(d)[0] for d in dialogues)
+
+
 PROMPT_EXAMPLE_FILE = "prompt_example.txt"
 
 

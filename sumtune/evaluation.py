@@ -159,6 +159,10 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
         shots = draw_shots(train_records, cand.shots, cfg.train.seed) if cand.shots else []
         family = families.of_model(model)
         encoder = data.prompt_encoder(family, tokenizer, prompts, shots=shots)
+        with_unk = data.prompts_with_unk(encoder, dialogues)
+        tracking.say(accelerator, f"{cand.name}: {data.tokenizer_notes(tokenizer, prompts)}; <unk> in "
+                     + ("no prompt (the tokenizer has no <unk>)" if with_unk is None else
+                        f"{with_unk} of {len(dialogues)} prompts ({with_unk / len(dialogues):.1%})"))
         started = time.perf_counter()
         preds, stats = generate(accelerator, model, tokenizer, encoder, dialogues, cfg.generation)
         seconds = time.perf_counter() - started
@@ -174,6 +178,7 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             "references": sum(len(r) for r in references),
             "eval_references": cfg.eval.references,
             "prompts_truncated": stats.truncated,
+            "prompts_with_unk": with_unk,
             "shots": cand.shots,
             "shots_dropped": stats.shots_dropped,
             "shot_ids": [s["id"] for s in shots],

@@ -30,6 +30,7 @@ from sumtune.config import RunConfig
 from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
 from sumtune.engine import Meter, NonFiniteError, OptimizerStep, Position, RunContext, StepPlan, make_optimizer
 from sumtune.errors import ConfigError, SumtuneError
+from sumtune.generation import decode_summaries
 from sumtune.rewards import Classifier
 
 
@@ -401,7 +402,7 @@ class Loop:
             out = family.sample(net, padded["input_ids"].to(acc.device), padded["attention_mask"].to(acc.device),
                                 self.settings)
             summaries += out.ids
-        texts = [t.strip() for t in self.tok.batch_decode(summaries, skip_special_tokens=True)]
+        texts = decode_summaries(self.tok, summaries, self.settings)  # the end token reached, whichever, cut
         ended = torch.tensor([bool(s) and s[-1] in self.ends for s in summaries])
         lengths = torch.tensor([len(s) for s in summaries]) - ended.long()
         scores = self.reward.scores(texts, self.good, r.reward.score)
