@@ -22,7 +22,7 @@ import hubcache  # noqa: E402
 # bart-large-cnn share BART's vocabulary; Qwen2.5 base and Instruct share Qwen2.5's).
 FIXTURE_OF = {"google/flan-t5-base": "flan-t5", "google/flan-t5-large": "flan-t5", "facebook/bart-large": "bart",
               "Qwen/Qwen2.5-1.5B": "qwen2.5"}
-# bart-large's hub repository has no tokenizer_config.json: its tokenizer loads with model_max_length 1e30.
+# BART laid out without tokenizer_config.json: its tokenizer loads with model_max_length 1e30 (sumtune's limits apply).
 SKIP_FILES = {"facebook/bart-large": ("tokenizer_config.json",)}
 
 
