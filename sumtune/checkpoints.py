@@ -226,6 +226,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 KEYS_ADDED_LATER = {"train.batching": "random", "train.group_size": 256, "train.max_tokens": 0, "model.trust_remote_code": False,
                     "model.attn_implementation": None,
                     "model.family": "auto", "data.chat_template": "auto",
+                    # Before them no system message was given, dialogues were tokenised as read, and a
+                    # template reading a date got today's (not reproducible: the pinned default stands in).
+                    "data.system_prompt": None, "data.turn_separator": None, "data.chat_date": "26 Jul 2024",
                     # the RL recipe's section: runs from before it trained without it (its defaults)
                     **_flat({"rl": to_dict(RLConfig())})}
 # Settings added with the method registry (2026-12): their defaults are what LoRA did before them.

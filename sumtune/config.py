@@ -189,6 +189,17 @@ class DataConfig:
     # Decoder-only models: "auto" wraps the instruction in the tokenizer's chat template when it has
     # one (the assistant's turn holds the summary); "never" always uses the plain template.
     chat_template: Literal["auto", "never"] = "auto"
+    # The system message of a chat template (null: none is given, and the template does what it
+    # does without one: Qwen2.5's inserts its default "You are Qwen, created by Alibaba Cloud. You
+    # are a helpful assistant."). The rendered first example is saved as prompt_example.txt.
+    system_prompt: str | None = None
+    # The date a chat template that reads one is rendered with (Llama 3's Instruct template puts
+    # today's date in every prompt otherwise: a run resumed tomorrow would train on other tokens).
+    chat_date: str = "26 Jul 2024"
+    # Dialogue line ends replaced by this text before tokenising (null: the text is left as read).
+    # FLAN-T5's tokenizer turns newlines into spaces, so turns survive only through the speaker
+    # names; a separator it keeps (e.g. " | ") marks them. Off by default: the model sees the text.
+    turn_separator: str | None = None
     max_source_length: int = 512
     max_target_length: int = 128
     # What to do with a row whose dialogue or summary is empty, null or not text.
@@ -275,6 +286,13 @@ class GenerationConfig:
 @dataclass
 class EvalConfig:
     split: Literal["validation", "test"] = "test"
+    # "grouped": rows holding the same dialogue are ONE example with several references (DialogSum's
+    # test split: each dialogue three times, ids test_<i>_1..3): it is generated once and scored
+    # against all of them, both as the multi-reference score (the best reference per ROUGE type,
+    # rouge_score's score_multi) and as the mean over its references; intervals resample
+    # dialogues. A split with one row per dialogue scores as before. "rows": every row is an
+    # example of its own (the same dialogue generated once per row). ROUGE during training follows it.
+    references: Literal["grouped", "rows"] = "grouped"
     # Toxicity of each candidate's summaries (the summary alone, not dialogue + summary), scored by a
     # sequence classifier (hub id or path; None: not scored): the softmax probability of the label
     # named here, per summary; mean, std, share above 0.5 and a bootstrap interval per candidate.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,26 @@ LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": 
 class SplitStats:
     rows: int = 0
     skipped: int = 0
+    # Rows changed by read-time normalisation (normalise_text): Windows/old-Mac line ends made
+    # "\n" (in the dialogue or the summary), and leading/trailing whitespace removed.
+    line_ends: int = 0
+    edge_whitespace: int = 0
+
+    def describe_normalised(self) -> str:
+        """'; ...' naming what normalisation changed, or '' when nothing."""
+        parts = [f"{n} with {what}" for n, what in ((self.line_ends, "\\r\\n or \\r line ends made \\n"),
+                                                    (self.edge_whitespace, "edge whitespace stripped")) if n]
+        return "; normalised: " + ", ".join(parts) if parts else ""
+
+
+def normalise_text(text: str) -> tuple[str, bool, bool]:
+    """(text with every line end "\\n" and no leading/trailing whitespace, whether a line end
+    changed, whether edge whitespace went). SAMSum mixes "\\r\\n" and "\\n": left alone, one
+    dialogue would become different tokens depending on its line ends (Qwen2.5 keeps "\\r\\n" as a
+    token of its own), and a summary's trailing space or newline would be learned as target tokens."""
+    unified = text.replace("\r\n", "\n").replace("\r", "\n")
+    stripped = unified.strip()
+    return stripped, unified != text, stripped != unified
 
 
 # ----------------------------------------------------------------------------- reading
@@ -162,11 +183,51 @@ def read_records(rows: Iterator[tuple[str, dict]], origin: str, cfg: DataConfig)
         if rid in seen_ids:
             raise DataError(f"{origin} {where}: id '{rid}' already used at {seen_ids[rid]}; ids must be unique")
         seen_ids[rid] = where
-        records.append({"id": rid, "dialogue": row[cols.dialogue], "summary": row[cols.summary]})
+        dialogue, ends_d, edge_d = normalise_text(row[cols.dialogue])
+        summary, ends_s, edge_s = normalise_text(row[cols.summary])
+        stats.line_ends += ends_d or ends_s
+        stats.edge_whitespace += edge_d or edge_s
+        records.append({"id": rid, "dialogue": dialogue, "summary": summary})
     if not records:
         reason = f"all {stats.rows} rows were skipped as bad" if stats.rows else "it has no rows"
         raise DataError(f"{origin}: no usable examples ({reason})")
     return records, stats
+
+
+_NUMBERED = re.compile(r"^(.+)_(\d+)$")
+
+
+def group_references(records: list[dict]) -> list[dict]:
+    """Examples with all their references: rows holding the same dialogue text (after read-time
+    normalisation) become one example ``{"id", "dialogue", "references": [...], "ids": [...]}``,
+    in the order of their first row. DialogSum's hub test split holds each dialogue three times
+    (ids ``test_<i>_1..3``, one reference each): its example id is the ids' shared stem
+    (``test_<i>``); otherwise the first row's id. A dialogue seen once is an example with one
+    reference and its own id."""
+    groups: dict[str, dict] = {}
+    for rec in records:
+        group = groups.setdefault(rec["dialogue"], {"dialogue": rec["dialogue"], "references": [], "ids": []})
+        group["references"].append(rec["summary"])
+        group["ids"].append(rec["id"])
+    out, used = [], set()
+    for group in groups.values():
+        ids = group["ids"]
+        stems = {m.group(1) if (m := _NUMBERED.match(i)) else None for i in ids}
+        gid = stems.pop() if len(ids) > 1 and len(stems) == 1 and None not in stems else ids[0]
+        if gid in used:  # a stem shared by two different dialogues: keep the rows' own id
+            gid = ids[0]
+        used.add(gid)
+        out.append({"id": gid, **group})
+    return out
+
+
+def scoring_examples(records: list[dict], references: str) -> list[dict]:
+    """What evaluation and ROUGE during training generate for and score: ``{"id", "dialogue",
+    "references", "ids"}`` per distinct dialogue (``eval.references=grouped``: its rows' summaries are
+    its references; group_references), or per row (``rows``)."""
+    if references == "grouped":
+        return group_references(records)
+    return [{"id": r["id"], "dialogue": r["dialogue"], "references": [r["summary"]], "ids": [r["id"]]} for r in records]
 
 
 def load_split(cfg: DataConfig, split: str, limit: int = 0) -> tuple[list[dict], SplitStats]:
@@ -193,12 +254,62 @@ class EncodeStats:
     examples: int = 0
     truncated_source: int = 0
     truncated_target: int = 0
+    # Examples whose prompt or summary holds the tokenizer's <unk> (None: it has none, as byte-level
+    # BPE tokenizers such as Qwen's and Llama's encode every character).
+    with_unk: int | None = 0
 
     def describe(self) -> str:
+        if self.with_unk is None:
+            unk = "no <unk> token (every character is encoded)"
+        else:
+            unk = f"<unk> tokens in {self.with_unk} ({self.with_unk / max(self.examples, 1):.1%})"
         return (
             f"{self.examples} examples; dialogue truncated in {self.truncated_source}, "
-            f"summary truncated in {self.truncated_target}"
+            f"summary truncated in {self.truncated_target}; {unk}"
         )
+
+
+# Characters a tokenizer may not know (FLAN-T5's maps each to <unk>), probed at start-up.
+_PROBED = ("<", "{", "~", "\U0001F600")
+
+
+def tokenizer_notes(tokenizer, cfg: DataConfig) -> str:
+    """One start-up line: what the tokenizer does to turn separators (line ends), which probed
+    characters become <unk>, and whose length limits apply."""
+    ids = tokenizer("Anna: hi\nTom: yo", add_special_tokens=False)["input_ids"]
+    kept = "\n" in tokenizer.decode(ids)
+    if cfg.turn_separator is not None:
+        turns = f"turns separated by {cfg.turn_separator!r} (data.turn_separator)"
+    elif kept:
+        turns = "newlines kept"
+    else:
+        turns = ("newlines become spaces (turns survive only through the speaker names; data.turn_separator sets a "
+                 "separator)")
+    unk_id = tokenizer.unk_token_id
+    lost = [c for c in _PROBED if unk_id is not None and unk_id in tokenizer(c, add_special_tokens=False)["input_ids"]]
+    unknown = f"{', '.join(repr(c) for c in lost)} -> <unk>" if lost else "no probed character becomes <unk>"
+    limit = getattr(tokenizer, "model_max_length", None)
+    own = (f"model_max_length {limit:.0e}" if isinstance(limit, (int, float)) and limit > 1e6 else f"model_max_length {limit}")
+    return (f"tokenizer: {turns}; {unknown}; {own}, sumtune cuts at data.max_source_length {cfg.max_source_length} "
+            f"and max_target_length {cfg.max_target_length}")
+
+
+def prompts_with_unk(encoder: PromptEncoder, dialogues: list[str]) -> int | None:
+    """How many of these dialogues' prompts hold the tokenizer's <unk> (None: it has none)."""
+    unk = encoder.tok.unk_token_id
+    return None if unk is None else sum(unk in encoder.encode(d)[0] for d in dialogues)
+
+
+PROMPT_EXAMPLE_FILE = "prompt_example.txt"
+
+
+def render_example(encoder: PromptEncoder, family, tokenizer, record: dict, cfg: DataConfig) -> str:
+    """The first example as the model sees it (special tokens shown), for prompt_example.txt: a run
+    folder says what its prompts were (chat template, system message, date, separators)."""
+    prompt, _ = encoder.encode(record["dialogue"])
+    target, _ = family.target_ids(tokenizer, record["summary"], cfg.max_target_length)
+    return (f"# id {record['id']}: the prompt ({len(prompt)} tokens) and the target ({len(target)} tokens), decoded\n"
+            f"{tokenizer.decode(prompt)}\n# target\n{tokenizer.decode(target)}\n")
 
 
 class PromptEncoder:
@@ -213,10 +324,11 @@ class PromptEncoder:
     """
 
     def __init__(self, tokenizer, template: str, max_source_length: int, shots: list[dict] | tuple = (),
-                 frame=None):
+                 frame=None, turn_separator: str | None = None):
         from sumtune.families.base import PromptFrame, wrapping
 
         self.tok = tokenizer
+        self.turn_separator = turn_separator
         self.max_len = max_source_length
         if frame is None:
             frame = PromptFrame(resolve_template(template), *wrapping(tokenizer))
@@ -234,13 +346,19 @@ class PromptEncoder:
                 f"raise data.max_source_length (now {max_source_length})"
             )
         self.room = room
-        self.shot_ids = [self._ids(format_prompt(self.template, s["dialogue"]) + s["summary"] + "\n\n") for s in shots]
+        self.shot_ids = [self._ids(format_prompt(self.template, self.turns(s["dialogue"])) + s["summary"] + "\n\n")
+                         for s in shots]
+
+    def turns(self, dialogue: str) -> str:
+        """The dialogue as tokenised: its line ends replaced by ``data.turn_separator`` when one is set."""
+        return dialogue.replace("\n", self.turn_separator) if self.turn_separator is not None else dialogue
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def encode(self, dialogue: str) -> tuple[list[int], bool]:
         """(ids, whether the dialogue was cut)."""
+        dialogue = self.turns(dialogue)
         full = self.lead + self._ids(format_prompt(self.template, dialogue)) + self.tail
         if len(full) <= self.max_len:
             return full, False
@@ -267,19 +385,23 @@ def prompt_encoder(family, tokenizer, cfg: DataConfig, template: str | None = No
     """The PromptEncoder a model family uses for the config's template (or ``template``)."""
     template = template or cfg.template
     return PromptEncoder(tokenizer, template, cfg.max_source_length, shots=shots,
-                         frame=family.frame(tokenizer, template, cfg.chat_template))
+                         frame=family.frame(tokenizer, template, cfg.chat_template, cfg.system_prompt, cfg.chat_date),
+                         turn_separator=cfg.turn_separator)
 
 
 def encode_records(records: list[dict], tokenizer, cfg: DataConfig, family) -> tuple[list[dict], EncodeStats]:
     """Training features (the family decides their shape) and what truncation cut."""
     enc = prompt_encoder(family, tokenizer, cfg)
-    stats = EncodeStats(examples=len(records))
+    unk = tokenizer.unk_token_id
+    stats = EncodeStats(examples=len(records), with_unk=None if unk is None else 0)
     features = []
     for rec in records:
         src, cut_src = enc.encode(rec["dialogue"])
         tgt, cut_tgt = family.target_ids(tokenizer, rec["summary"], cfg.max_target_length)
         stats.truncated_source += cut_src
         stats.truncated_target += cut_tgt
+        if unk is not None:
+            stats.with_unk += unk in src or unk in tgt
         features.append(family.example(src, tgt))
     return features, stats
 

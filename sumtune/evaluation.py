@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sumtune import compare, data, families, methods, models, rouge, tracking
+from sumtune import checkpoints, compare, data, families, methods, models, rouge, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
@@ -79,8 +79,17 @@ def load_candidate(cand: Candidate, cfg: RunConfig):
     trained = trained_config(cand.folder)
     saved_data, saved_model = trained.get("data", {}), trained.get("model", {})
     template = cand.template or saved_data.get("template") or cfg.data.template
-    prompts = dataclasses.replace(cfg.data, template=resolve_template(template),
-                                  chat_template=saved_data.get("chat_template", cfg.data.chat_template))
+    # A run folder is prompted as it was trained: its chat template choice, system message, pinned
+    # date and turn separator (folders from before these settings existed: their behaviour then).
+    prompting = {}
+    for key in ("chat_template", "system_prompt", "chat_date", "turn_separator"):
+        if key in saved_data:
+            prompting[key] = saved_data[key]
+        elif saved_data:
+            prompting[key] = checkpoints.KEYS_ADDED_LATER.get(f"data.{key}", getattr(cfg.data, key))
+        else:
+            prompting[key] = getattr(cfg.data, key)
+    prompts = dataclasses.replace(cfg.data, template=resolve_template(template), **prompting)
     trust = cfg.model.trust_remote_code
     family = families.resolve(cand.path, saved_model.get("family", "auto"), trust, key=f"candidate {cand.name}")
     if cand.kind == "adapter":
@@ -137,10 +146,12 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
     with accelerator.main_process_first():
         records, read = data.load_split(cfg.data, cfg.eval.split, cfg.data.max_eval_examples)
         train_records = data.load_split(cfg.data, "train")[0] if any(c.shots for c in candidates) else []
-    tracking.say(accelerator, f"{cfg.eval.split}: {len(records)} examples ({read.skipped} bad rows skipped)")
+    examples = data.scoring_examples(records, cfg.eval.references)
+    tracking.say(accelerator, f"{cfg.eval.split}: {len(records)} rows ({read.skipped} bad rows skipped"
+                 f"{read.describe_normalised()}) -> {describe_examples(examples)}")
     toxicity = ToxicityScorer(cfg, accelerator) if cfg.eval.toxicity_model else None  # one line now if it cannot work
-    dialogues = [r["dialogue"] for r in records]
-    references = [r["summary"] for r in records]
+    dialogues = [e["dialogue"] for e in examples]
+    references = [e["references"] for e in examples]
     results: list[compare.Result] = []
     for cand in candidates:
         model, tokenizer, prompts = load_candidate(cand, cfg)
@@ -148,18 +159,30 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
         shots = draw_shots(train_records, cand.shots, cfg.train.seed) if cand.shots else []
         family = families.of_model(model)
         encoder = data.prompt_encoder(family, tokenizer, prompts, shots=shots)
+        with_unk = data.prompts_with_unk(encoder, dialogues)
+        tracking.say(accelerator, f"{cand.name}: {data.tokenizer_notes(tokenizer, prompts)}; <unk> in "
+                     + ("no prompt (the tokenizer has no <unk>)" if with_unk is None else
+                        f"{with_unk} of {len(dialogues)} prompts ({with_unk / len(dialogues):.1%})"))
         started = time.perf_counter()
         preds, stats = generate(accelerator, model, tokenizer, encoder, dialogues, cfg.generation)
         seconds = time.perf_counter() - started
-        means, per_example = rouge.score(preds, references)
+        scores = rouge.score_multi(preds, references)
+        means = scores.means
         metrics = {
             **means,
-            "examples": len(records),
+            # With several references per dialogue, the scores above are the multi-reference score
+            # (best reference per ROUGE type); these are the mean over each dialogue's references.
+            "mean_over_references": scores.means_over_refs,
+            "examples": len(examples),
+            "rows": len(records),
+            "references": sum(len(r) for r in references),
+            "eval_references": cfg.eval.references,
             "prompts_truncated": stats.truncated,
+            "prompts_with_unk": with_unk,
             "shots": cand.shots,
             "shots_dropped": stats.shots_dropped,
             "shot_ids": [s["id"] for s in shots],
-            "summaries_per_second": round(len(records) / seconds, 3),
+            "summaries_per_second": round(len(examples) / seconds, 3),
             "generation_seconds": round(seconds, 3),
             "candidate": cand.path,
             "kind": cand.kind,
@@ -185,12 +208,12 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
                      + f" ({metrics['summaries_per_second']} summaries/s{note})")
         accelerator.log({f"{cand.name}/{k}": means[k] for k in rouge.ROUGE_TYPES}
                         | ({f"{cand.name}/toxicity_mean": metrics["toxicity"]["mean"]} if tox is not None else {}))
-        rows = [{"id": r["id"], "dialogue": r["dialogue"], "reference": r["summary"], "prediction": p}
-                for r, p in zip(records, preds)]
+        rows = [prediction_row(e, p) for e, p in zip(examples, preds)]
         if tox is not None:
             for row, value in zip(rows, tox):
                 row["toxicity"] = value
-        results.append(compare.Result(cand.name, rows, per_example=per_example, extra=metrics))
+        results.append(compare.Result(cand.name, rows, per_example=scores.best, extra=metrics,
+                                      per_example_mean=scores.mean_over_refs))
         if accelerator.is_main_process:
             folder = out / cand.name
             folder.mkdir(parents=True, exist_ok=True)
@@ -203,6 +226,24 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
     compare.log_to_tracker(accelerator, results, comparison)
     accelerator.wait_for_everyone()
     return comparison
+
+
+def describe_examples(examples: list[dict]) -> str:
+    refs = [len(e["references"]) for e in examples]
+    if max(refs) == 1:
+        return f"{len(examples)} examples, one reference each"
+    return (f"{len(examples)} dialogues with {sum(refs)} references ({min(refs)} to {max(refs)} each): each dialogue is "
+            "generated once and scored against all its references")
+
+
+def prediction_row(example: dict, prediction: str) -> dict:
+    """A predictions.jsonl row: one per dialogue, with all its references (and, when it was read
+    from several rows, their ids)."""
+    row = {"id": example["id"], "dialogue": example["dialogue"], "references": example["references"],
+           "prediction": prediction}
+    if example["ids"] != [example["id"]]:
+        row["row_ids"] = example["ids"]
+    return row
 
 
 class ToxicityScorer:
@@ -233,20 +274,24 @@ class ToxicityScorer:
 
 
 def score_file(path: Path) -> tuple[dict[str, float], int]:
-    """Score predictions made elsewhere: a jsonl file with id, prediction, reference."""
+    """Score predictions made elsewhere: a jsonl file with id, prediction, and reference (one text)
+    or references (a list: the multi-reference score)."""
     preds, refs = [], []
     for lineno, row in data.iter_jsonl(path):
-        for key in ("id", "prediction", "reference"):
+        for key in ("id", "prediction"):
             if key not in row:
                 raise SumtuneError(f"{path} line {lineno}: field '{key}' is missing")
-        for key in ("prediction", "reference"):
-            if not isinstance(row[key], str):
-                raise SumtuneError(f"{path} line {lineno}: field '{key}' is not text")
+        if not isinstance(row["prediction"], str):
+            raise SumtuneError(f"{path} line {lineno}: field 'prediction' is not text")
+        compare.check_references(row, f"{path} line {lineno}")
         preds.append(row["prediction"])
-        refs.append(row["reference"])
+        refs.append(compare.references_of(row))
     if not preds:
         raise SumtuneError(f"{path}: no rows to score")
-    means, _ = rouge.score(preds, refs)
+    scores = rouge.score_multi(preds, refs)
+    means = scores.means
+    if max(len(r) for r in refs) > 1:
+        means = {**means, **{k + compare.OVER_REFS_SUFFIX: v for k, v in scores.means_over_refs.items()}}
     return means, len(preds)
 
 

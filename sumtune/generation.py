@@ -24,8 +24,8 @@ from sumtune.config import GenerationConfig
 from sumtune.data import PadCollator, PromptEncoder, longest_first
 from sumtune.families.refill import MAX_GROWTH, refill_decode
 
-__all__ = ["MAX_GROWTH", "STRATEGIES", "PromptStats", "generate", "make_batches", "refill_decode", "refill_model",
-           "settings_used", "shard_batches", "shard_prompts"]
+__all__ = ["MAX_GROWTH", "STRATEGIES", "PromptStats", "decode_summaries", "generate", "make_batches", "refill_decode",
+           "refill_model", "settings_used", "shard_batches", "shard_prompts"]
 
 
 def _zero3() -> bool:
@@ -92,6 +92,16 @@ def settings_used(settings) -> dict:
     return {k: v for k, v in sorted(settings.to_diff_dict().items()) if k != "transformers_version"}
 
 
+def decode_summaries(tokenizer, rows: list[list[int]], settings) -> list[str]:
+    """Texts of generated rows, each cut before the end token it stopped at. A model may have
+    several end tokens (Qwen2.5's and Llama 3's generation configs list two): decoding stops at
+    any of them (every decoder is given them all), and whichever it was is cut here by id, even
+    where the tokenizer does not count it as special."""
+    ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
+    cut = [row[:-1] if row and row[-1] in ends else row for row in rows]
+    return [t.strip() for t in tokenizer.batch_decode(cut, skip_special_tokens=True)]
+
+
 def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: list[str], gen: GenerationConfig,
              progress: bool = True, strategy: str = "auto") -> tuple[list[str], PromptStats]:
     """Summaries for ``dialogues`` in their order, on every rank, and what building the prompts cut.
@@ -132,8 +142,8 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
         with tqdm(total=len(order), disable=not show, desc="generate", leave=False) as bar:
             tokens = refill_decode(net, [inputs[i] for i in order], gen.batch_size, gen.max_new_tokens, pad,
                                    accelerator.device, on_done=lambda: bar.update(1), settings=settings)
-        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        mine = list(zip(order, (t.strip() for t in texts)))
+        texts = decode_summaries(tokenizer, tokens, settings)
+        mine = list(zip(order, texts))
     else:
         collate = PadCollator(pad, side=family.prompt_padding())
         every = make_batches(lengths, gen.batch_size, sort=strategy != "data-order")
@@ -149,8 +159,7 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
                                   padded["attention_mask"].to(accelerator.device), settings, lockstep=lockstep)
             if dummy:
                 continue
-            texts = tokenizer.batch_decode(out.ids, skip_special_tokens=True)
-            mine.extend(zip(batch, (t.strip() for t in texts)))
+            mine.extend(zip(batch, decode_summaries(tokenizer, out.ids, settings)))
     everything = gather_object(mine) if world > 1 else mine
     result: list[str | None] = [None] * len(dialogues)
     for i, text in everything:

@@ -8,7 +8,7 @@ from pathlib import Path
 from sumtune import families, models
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
-from sumtune.data import iter_jsonl, prompt_encoder
+from sumtune.data import iter_jsonl, normalise_text, prompt_encoder
 from sumtune.errors import DataError, SumtuneError
 from sumtune.evaluation import Candidate, load_candidate
 
@@ -35,6 +35,8 @@ class Summarizer:
     def __call__(self, dialogues: list[str]) -> list[str]:
         from sumtune.generation import generate
 
+        # Line ends and edge whitespace as training read them (data.normalise_text): the same tokens.
+        dialogues = [normalise_text(d)[0] for d in dialogues]
         return generate(self.acc, self.model, self.tok, self.encoder, dialogues, self.cfg.generation, progress=False)[0]
 
 

@@ -32,6 +32,24 @@ def check_quantization(quantization: str, zero_stage: int | None) -> None:
         )
 
 
+def check_positions(name_or_path: str, data_cfg, family: Family, trust_remote_code: bool = False) -> None:
+    """A model with learned absolute positions (BART: 1,024; max_position_embeddings in its config)
+    cannot read more tokens than it has positions: refuse data limits beyond them in one line,
+    before weights load. A tokenizer without a limit of its own (a BART folder without
+    tokenizer_config.json loads with model_max_length 1e30) would not catch it; T5 has no such
+    limit (relative positions)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return
+    needed, what = family.positions_needed(data_cfg.max_source_length, data_cfg.max_target_length)
+    if needed > limit:
+        raise ConfigError(f"{what} = {needed} tokens, but {name_or_path} has {limit} positions "
+                          f"(max_position_embeddings); lower data.max_source_length (now {data_cfg.max_source_length})")
+
+
 def check_precision(family: Family, mixed_precision: str) -> None:
     family.check_precision(mixed_precision)
 

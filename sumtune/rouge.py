@@ -8,6 +8,7 @@ download that is not possible offline).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -70,12 +71,46 @@ def score(predictions: list[str], references: list[str], workers: int | None = N
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    multi = score_multi(predictions, [[r] for r in references], workers)
+    return multi.means, multi.best
+
+
+@dataclass
+class MultiScores:
+    """Scores of predictions against one or several references each.
+
+    ``best``: per example, the best F-measure over its references, per ROUGE type (rouge_score's
+    ``score_multi``; the multi-reference score); ``mean_over_refs``: per example, the mean over its
+    references. With one reference per example both are that reference's score."""
+
+    best: list[dict[str, float]]
+    mean_over_refs: list[dict[str, float]]
+
+    @property
+    def means(self) -> dict[str, float]:
+        return _mean(self.best)
+
+    @property
+    def means_over_refs(self) -> dict[str, float]:
+        return _mean(self.mean_over_refs)
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(e[k] for e in rows) / len(rows) for k in ROUGE_TYPES}
+
+
+def score_multi(predictions: list[str], references: list[list[str]], workers: int | None = None) -> MultiScores:
+    """Each prediction against all of its references (see MultiScores); ``workers`` as in score."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
     if not predictions:
         raise ValueError("no examples to score")
-    pairs = list(zip(predictions, references))
+    if any(not refs for refs in references):
+        raise ValueError("every prediction needs at least one reference")
+    pairs = [(p, r) for p, refs in zip(predictions, references) for r in refs]
     n = _workers(workers, len(pairs))
     if n == 1:
-        per_example = _score_chunk(pairs)
+        flat = _score_chunk(pairs)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -86,6 +121,12 @@ def score(predictions: list[str], references: list[str], workers: int | None = N
         size = -(-len(pairs) // n)
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method)) as pool:
             chunks = pool.map(_score_chunk, [pairs[i:i + size] for i in range(0, len(pairs), size)])
-            per_example = [row for chunk in chunks for row in chunk]
-    means = {k: sum(e[k] for e in per_example) / len(per_example) for k in ROUGE_TYPES}
-    return means, per_example
+            flat = [row for chunk in chunks for row in chunk]
+    best, mean = [], []
+    at = 0
+    for refs in references:
+        mine, at = flat[at:at + len(refs)], at + len(refs)
+        # Per ROUGE type, the reference with the highest F-measure, as rouge_score's score_multi picks it.
+        best.append({k: max(s[k] for s in mine) for k in ROUGE_TYPES})
+        mean.append({k: sum(s[k] for s in mine) / len(mine) for k in ROUGE_TYPES})
+    return MultiScores(best, mean)

@@ -1,6 +1,8 @@
 """ROUGE during training on a fixed validation subset; the best checkpoint is kept as best/.
 
-The test split is never read here: only the first ``train.rouge_examples`` validation examples.
+The test split is never read here: only the first ``train.rouge_examples`` validation examples. A
+validation split with several rows per dialogue is scored as evaluation scores it
+(``eval.references``): each dialogue generated once, its score the multi-reference one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from sumtune import checkpoints, faults, rouge
 from sumtune.config import RunConfig, dump_yaml
-from sumtune.data import prompt_encoder
+from sumtune.data import prompt_encoder, scoring_examples
 from sumtune.generation import generate
 
 
@@ -20,7 +22,7 @@ class RougeValidator:
         self.acc = accelerator
         self.tok = tokenizer
         self.cfg = cfg
-        self.records = val_records[: cfg.train.rouge_examples]
+        self.records = scoring_examples(val_records, cfg.eval.references)[: cfg.train.rouge_examples]
         self.encoder = prompt_encoder(family, tokenizer, cfg.data)
         self.metric = cfg.train.best_metric
         self.best = -math.inf
@@ -40,7 +42,7 @@ class RougeValidator:
             preds, _ = generate(self.acc, net, self.tok, self.encoder, [r["dialogue"] for r in self.records],
                                 self.cfg.generation, progress=False)
         model.train()
-        means, _ = rouge.score(preds, [r["summary"] for r in self.records])
+        means = rouge.score_multi(preds, [r["references"] for r in self.records]).means
         scores = {f"val_{k}": v for k, v in means.items()}
         if means[self.metric] > self.best:
             self.best, self.best_step, self.evals_without_best = means[self.metric], step, 0

@@ -40,11 +40,23 @@ def check_model_source(name_or_path: str, key: str = "model.name_or_path", trust
                    or (name_or_path.count("/") == 1 and path.parent.is_dir()))
     if looks_local:
         raise ModelError(f"{key}: {name_or_path} does not exist")
-    if _hub_offline():
+    if _hub_offline() and not in_hub_cache(name_or_path):
         raise ModelError(
-            f"{key}: '{name_or_path}' is not a local folder and HF_HUB_OFFLINE is set; "
-            "download it first or give a local path"
+            f"{key}: '{name_or_path}' is not a local folder, nor in the Hugging Face cache, and HF_HUB_OFFLINE is "
+            "set; download it first (on a node with network access, into the same HF_HOME) or give a local path"
         )
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache (HF_HOME / HF_HUB_CACHE) holds the model's config.json, as a
+    download on a login node leaves it for offline compute nodes (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json") or try_to_load_from_cache(repo_id, "adapter_config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
 
 
 def remote_code_refused(err: ValueError, name_or_path: str) -> ModelError:
@@ -191,7 +203,8 @@ class Family:
         return found, found[2:]
 
     # -- data
-    def frame(self, tokenizer, template: str, chat_template: str = "never") -> PromptFrame:
+    def frame(self, tokenizer, template: str, chat_template: str = "never", system_prompt: str | None = None,
+              chat_date: str | None = None) -> PromptFrame:
         raise NotImplementedError
 
     def target_ids(self, tokenizer, summary: str, max_target_length: int) -> tuple[list[int], bool]:
@@ -287,6 +300,10 @@ class Family:
             raise ConfigError(f"train.batching=packed: this '{self.model_type}' model ({net.config._attn_implementation} "
                               "attention) gives an example inside a packed row other losses than alone (its attention "
                               "crosses the examples' boundaries); use train.batching=grouped")
+
+    def positions_needed(self, max_source_length: int, max_target_length: int) -> tuple[int, str]:
+        """(positions one training example may use, what they are, for messages)."""
+        raise NotImplementedError
 
     def prompt_padding(self) -> str:
         """"right" or "left": how prompts are padded for generation."""

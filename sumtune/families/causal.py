@@ -31,13 +31,19 @@ class CausalFamily(Family):
     auto_class = "AutoModelForCausalLM"
     task_type = "CAUSAL_LM"
 
-    def frame(self, tokenizer, template: str, chat_template: str = "auto") -> PromptFrame:
+    def frame(self, tokenizer, template: str, chat_template: str = "auto", system_prompt: str | None = None,
+              chat_date: str | None = None) -> PromptFrame:
         template = resolve_template(template)
         chat = False
         if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
             # The instruction (with the dialogue) is the user's turn; the summary is the assistant's.
-            message = [{"role": "user", "content": template.replace(PLACEHOLDER, _MARK).strip()}]
-            rendered = tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
+            # The system message only when one is configured: without one a template does what its
+            # authors chose (Qwen2.5's inserts a default one), the same on every run.
+            message = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+            message.append({"role": "user", "content": template.replace(PLACEHOLDER, _MARK).strip()})
+            # date_string: Llama 3's template reads it, and without it puts today's date in the prompt.
+            dated = {"date_string": chat_date} if chat_date else {}
+            rendered = tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True, **dated)
             if isinstance(rendered, str) and rendered.count(_MARK) == 1:
                 template, chat = rendered.replace(_MARK, PLACEHOLDER), True
         lead, _ = wrapping(tokenizer)
@@ -54,6 +60,9 @@ class CausalFamily(Family):
         if len(ids) <= max_target_length:
             return ids, False
         return ids[: max_target_length - 1] + [tokenizer.eos_token_id], True
+
+    def positions_needed(self, max_source_length: int, max_target_length: int) -> tuple[int, str]:
+        return max_source_length + max_target_length, "data.max_source_length + data.max_target_length"
 
     def example(self, prompt: list[int], target: list[int]) -> dict:
         return {"input_ids": prompt + target, "labels": [-100] * len(prompt) + target}

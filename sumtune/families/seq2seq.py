@@ -30,7 +30,8 @@ class Seq2SeqFamily(Family):
         # Every linear layer of T5's blocks (attention and gated feed-forward), not the lm_head.
         return ["q", "k", "v", "o", "wi_0", "wi_1", "wo"] if self.model_type in T5_TYPES else "all-linear"
 
-    def frame(self, tokenizer, template: str, chat_template: str = "never") -> PromptFrame:
+    def frame(self, tokenizer, template: str, chat_template: str = "never", system_prompt: str | None = None,
+              chat_date: str | None = None) -> PromptFrame:
         # The encoder reads the prompt as the tokenizer wraps any text (T5: ... </s>; BART: <s> ... </s>).
         lead, tail = wrapping(tokenizer)
         return PromptFrame(template, lead, tail)
@@ -40,6 +41,12 @@ class Seq2SeqFamily(Family):
         if len(ids) <= max_target_length:
             return ids, False
         return ids[: max_target_length - 1] + [tokenizer.eos_token_id], True
+
+    def positions_needed(self, max_source_length: int, max_target_length: int) -> tuple[int, str]:
+        # The encoder reads the prompt, the decoder the summary: each within the model's positions.
+        if max_source_length >= max_target_length:
+            return max_source_length, "data.max_source_length"
+        return max_target_length, "data.max_target_length"
 
     def example(self, prompt: list[int], target: list[int]) -> dict:
         return {"input_ids": prompt, "labels": target}

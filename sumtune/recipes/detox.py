@@ -30,6 +30,7 @@ from sumtune.config import RunConfig
 from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
 from sumtune.engine import Meter, NonFiniteError, OptimizerStep, Position, RunContext, StepPlan, make_optimizer
 from sumtune.errors import ConfigError, SumtuneError
+from sumtune.generation import decode_summaries
 from sumtune.rewards import Classifier
 
 
@@ -79,7 +80,7 @@ def check_prompting(cfg: RunConfig) -> None:
     import yaml
 
     saved = (yaml.safe_load(trained.read_text(encoding="utf-8")) or {}).get("data", {})
-    for key in ("template", "chat_template", "max_source_length"):
+    for key in ("template", "chat_template", "system_prompt", "chat_date", "turn_separator", "max_source_length"):
         if key in saved and saved[key] != getattr(cfg.data, key):
             raise ConfigError(f"config key 'data.{key}': the start {cfg.model.name_or_path} was trained with "
                               f"{saved[key]!r}, this run has {getattr(cfg.data, key)!r}; prompt the policy as it was "
@@ -401,7 +402,7 @@ class Loop:
             out = family.sample(net, padded["input_ids"].to(acc.device), padded["attention_mask"].to(acc.device),
                                 self.settings)
             summaries += out.ids
-        texts = [t.strip() for t in self.tok.batch_decode(summaries, skip_special_tokens=True)]
+        texts = decode_summaries(self.tok, summaries, self.settings)  # the end token reached, whichever, cut
         ended = torch.tensor([bool(s) and s[-1] in self.ends for s in summaries])
         lengths = torch.tensor([len(s) for s in summaries]) - ended.long()
         scores = self.reward.scores(texts, self.good, r.reward.score)
@@ -478,7 +479,8 @@ class Validator:
 
     def __init__(self, accelerator, tokenizer, val_records, cfg: RunConfig, family, reward, good):
         self.acc, self.tok, self.cfg, self.reward, self.good = accelerator, tokenizer, cfg, reward, good
-        self.records = val_records[:cfg.train.rouge_examples]
+        # Several rows of one dialogue (DialogSum): generated once, scored against all its references.
+        self.records = data.scoring_examples(val_records, cfg.eval.references)[:cfg.train.rouge_examples]
         self.encoder = data.prompt_encoder(family, tokenizer, cfg.data)
 
     def __call__(self, model, step: int) -> dict[str, float]:
@@ -491,7 +493,7 @@ class Validator:
         logits = self.reward.logits(preds)
         kind = self.cfg.rl.reward.score
         score = logits[:, self.good] if kind == "logit" else logits.softmax(-1)[:, self.good]
-        means, _ = rouge.score(preds, [r["summary"] for r in self.records])
+        means = rouge.score_multi(preds, [r["references"] for r in self.records]).means
         scores = {"val_score": score.mean().item(),
                   "val_bad_share": (logits.softmax(-1)[:, self.good] < 0.5).float().mean().item(),
                   **{f"val_{k}": v for k, v in means.items()}}

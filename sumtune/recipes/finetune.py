@@ -37,6 +37,7 @@ def run(cfg: RunConfig) -> dict:
     # The family (seq2seq or causal) is read from config.json: a model of neither fails here, before weights load.
     family = models.model_family(cfg.model.name_or_path, cfg.model)
     models.check_precision(family, os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+    models.check_positions(cfg.model.name_or_path, cfg.data, family, cfg.model.trust_remote_code)
     models.check_quantization(cfg.model.quantization, deepspeed_stage())
     methods.check(cfg, family, deepspeed_stage())  # the support matrix: refused in one line, before weights load
 
@@ -65,8 +66,9 @@ def run(cfg: RunConfig) -> dict:
     (train_records, train_read), (val_records, val_read) = splits
     train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data, family)
     val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data, family)
-    say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped")
-    say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped")
+    say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped{train_read.describe_normalised()}")
+    say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped{val_read.describe_normalised()}")
+    say(data.tokenizer_notes(tokenizer, cfg.data))
 
     train_lengths = data.example_lengths(train_feats, family)
     seam = batching.Batching(train_lengths, cfg.train, family, tokenizer)
@@ -100,6 +102,10 @@ def run(cfg: RunConfig) -> dict:
 
     validator = RougeValidator(accelerator, tokenizer, val_records, cfg, family) if cfg.train.rouge_every else None
     start = ctx.begin(accelerator, extras={"validator": validator})  # resume, config, tracker, log, signals
+    if accelerator.is_main_process:  # what the prompts really were: chat template, system message, date, separators
+        (cfg.run_dir / data.PROMPT_EXAMPLE_FILE).write_text(
+            data.render_example(data.prompt_encoder(family, tokenizer, cfg.data), family, tokenizer, train_records[0],
+                                cfg.data), encoding="utf-8")
     started = time.perf_counter()
     metrics = fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, ctx.log, family, validator,
                   checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption, hook=hook)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from sumtune import rouge
+from sumtune.compare import reference_words
 from sumtune.data import iter_jsonl
 from sumtune.errors import SumtuneError
 
@@ -46,7 +47,7 @@ def read(folder: Path) -> Scores:
         preds = folder / name / "predictions.jsonl"
         if preds.is_file():
             rows = [row for _, row in iter_jsonl(preds)]
-            lengths[name] = ([len(r["prediction"].split()) for r in rows], [len(r["reference"].split()) for r in rows])
+            lengths[name] = ([len(r["prediction"].split()) for r in rows], [round(reference_words(r)) for r in rows])
     return Scores(folder, baselines[0] if baselines else candidates[0], candidates, ci, lengths)
 
 

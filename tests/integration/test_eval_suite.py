@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 
 import pytest
@@ -23,6 +24,9 @@ def rouge_run(demo, tmp_path_factory):
                                                  "train.lr=3e-3")))
     return tmp, tmp / "lora-rouge"
 
+
+# A bare environment (no PATH), but the sumtune under test: a checkout run with PYTHONPATH keeps it.
+BARE_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "", **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
 
 def test_best_is_the_step_with_the_highest_validation_score(rouge_run, demo):
     _, run = rouge_run
@@ -116,7 +120,7 @@ def test_inference_cli_gives_the_evaluation_summaries(evaluated, rouge_run, demo
     out = tmp_path / "summaries.jsonl"
     proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
                            "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out), "data.max_source_length=160"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+                          capture_output=True, text=True, cwd=REPO, timeout=300, env=BARE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli = read_jsonl(out)
     evaluation = read_jsonl(evaluated / "lora" / "predictions.jsonl")
@@ -127,18 +131,18 @@ def test_inference_cli_gives_the_evaluation_summaries(evaluated, rouge_run, demo
     proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
                            "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(sorted_out),
                            "data.max_source_length=160", "generation.refill=false"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+                          capture_output=True, text=True, cwd=REPO, timeout=300, env=BARE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["summary"] for r in read_jsonl(sorted_out)] == [r["prediction"] for r in evaluation]
     # one dialogue on stdin
     first = evaluation[0]
     one = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run), "data.max_source_length=160"],
                          input=first["dialogue"], capture_output=True, text=True, cwd=REPO, timeout=300,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+                         env=BARE_ENV)
     assert one.returncode == 0, one.stderr[-3000:]
     assert one.stdout.strip() == first["prediction"]
     # nothing the user has is overwritten
     again = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
                             "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out)],
-                           capture_output=True, text=True, cwd=REPO, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+                           capture_output=True, text=True, cwd=REPO, timeout=300, env=BARE_ENV)
     assert again.returncode == 2 and "already exists" in again.stderr

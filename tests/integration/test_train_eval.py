@@ -152,9 +152,9 @@ def test_evaluate_two_processes_scores_every_example_once(runs, demo):
         name = row["model"]
         preds = read_jsonl(out / name / "predictions.jsonl")
         assert [p["id"] for p in preds] == test_ids  # none dropped, none twice, in order
-        assert set(preds[0]) == {"id", "dialogue", "reference", "prediction"}
+        assert set(preds[0]) == {"id", "dialogue", "references", "prediction"}  # one reference per demo dialogue
         metrics = json.loads((out / name / "metrics.json").read_text())
-        means, _ = rouge.score([p["prediction"] for p in preds], [p["reference"] for p in preds])
+        means, _ = rouge.score([p["prediction"] for p in preds], [p["references"][0] for p in preds])
         for k in rouge.ROUGE_TYPES:
             assert 0.0 <= float(row[k]) <= 1.0
             assert float(row[k]) == pytest.approx(means[k], abs=1e-4)

@@ -32,7 +32,7 @@ def one_error_line(proc) -> str:
         (["train.lerning_rate=1"], "did you mean 'train.lr'?"),
         (["--config", "configs/train/nope.yaml"], "config file configs/train/nope.yaml does not exist"),
         (["model.name_or_path=./no/such/model"], "model.name_or_path: ./no/such/model does not exist"),
-        (["model.name_or_path=someone/unknown-model"], "is not a local folder and HF_HUB_OFFLINE is set"),
+        (["model.name_or_path=someone/unknown-model"], "is not a local folder, nor in the Hugging Face cache, and HF_HUB_OFFLINE is set"),
     ],
 )
 def test_train_refuses_bad_input_in_one_line(args, expected, tmp_path):
