@@ -190,9 +190,9 @@ def report(res: dict) -> str:
     lines = [
         f"# Training-step benchmark{' (QUICK: a smoke run, not figures)' if a['quick'] else ''}",
         "",
-        f"Measured {res['date']} on {res['machine']} with `{res['command']}` ({size['rounds']} rounds, variants in "
+        f"Measured {res['date']} on {res['machine']} with `{res['command']}` ({size['rounds']} round(s), variants in "
         f"turns, order rotated; medians; every figure from a process of its own; whole benchmark "
-        f"{res['wall_seconds'] / 60:.1f} min). {res['versions']}. Demo build: {res['demo']}.",
+        f"{res['wall_seconds'] / 60:.1f} min). {res['versions']}. Demo build (demo/build.json): {res['demo']}.",
         "",
         "Clock: the wall time of the training loop only, the same span for every framework: sumtune from the entry "
         "of `finetune.fit` (model, data, optimizer set up) to the end of its last optimizer step; the Trainers from "
@@ -210,7 +210,8 @@ def report(res: dict) -> str:
         f"{c_acc} micro-batches per step (trl: per_device_train_batch_size=1, gradient_accumulation_steps={c_acc}, "
         f"max_length={c_tok}). trl: `SFTConfig(bf16=False, gradient_checkpointing=False, completion_only_loss=True)`, "
         "its default loss (`nll`: log-probs from its chunked LM head, plus its entropy and accuracy metrics); "
-        "unpacked with `train_sampling_strategy=\"group_by_length\"` (trl's fastest unpacked setting here), packed "
+        "unpacked with `train_sampling_strategy=\"group_by_length\"` (the Trainer's length grouping, the counterpart of "
+        "sumtune's grouped batches; trl's random batches were not measured), packed "
         "with `packing=True, packing_strategy=\"bfd\"` (padding-free: one flat row with restarting position_ids).",
         "",
         *table(res["summary"]["causal"], res["train"]["causal"], res["compare"]["causal"]["rival_best"]),
