@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/sumtune/torch_extensions
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
 
-.PHONY: setup demo detox-demo test bench compare-methods lint clean
+.PHONY: setup demo detox-demo test bench bench-step compare-methods lint clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,12 @@ test: $(STAMP)
 # The performance benchmark (not a test: about 10 minutes on 2 cores); writes bench/results.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The training step against trl's SFTTrainer and Seq2SeqTrainer, and the chunked loss's memory (not a
+# test: about 15 minutes on 2 shared cores; `bench/step.py --quick` is a 2-minute smoke run); builds the
+# demo if missing; writes bench/step_results.md and .json.
+bench-step: $(STAMP)
+	$(BIN)/python bench/step.py
 
 # Full fine-tuning and every adapter method side by side on the demo (not a test: about 20 minutes on
 # 2 cores; needs the demo build); writes bench/methods_results.md and .json.

@@ -1,5 +1,7 @@
 """GPU benchmark: training throughput, step time, peak memory, MFU and greedy generation speed of
-FLAN-T5-base/-large-shaped models and a Llama-3.2-1B-shaped decoder, full fine-tuning and LoRA.
+FLAN-T5-base/-large-shaped models and Llama-3.2-1B- and Qwen2.5-1.5B-shaped decoders, full fine-tuning
+and LoRA; for the decoders also the training-step variants of issue 19: padded vs packed rows, and
+train.loss plain vs chunked, through sumtune's own ``Family.loss``.
 
     python bench/gpu.py --out bench/gpu_results.md          # one GPU (written for an H200)
     python bench/gpu.py --smoke --out /tmp/gpu_smoke.md     # the same code on CPU, tiny shapes, float32
@@ -9,7 +11,12 @@ figures measure the shapes, not checkpoints. Weights are bf16 (``model.to(torch.
 LoRA adapters included; no fp32 master copy), the optimizer is ``torch.optim.AdamW`` (fused), no
 gradient checkpointing, no KV cache in training. Batches are shaped like SAMSum: T5 16 x 512
 source x 128 target tokens, the decoder 8 x 640 tokens (a 512-token prompt, masked out of the
-loss, + 128 summary tokens). Generation: greedy, batch 32, 512-token random prompts, exactly 64
+loss, + 128 summary tokens). The decoder variants (``--variants``) take ragged batches instead: 8
+examples of 128-512 prompt + 32-128 summary tokens (drawn once): "padded" pads them to the longest
+(attention mask), "packed" puts them in one row (positions restarting per example, no attention mask:
+transformers keeps the examples apart from the positions), "-chunked" computes the loss from the
+hidden states, ``chunk_size`` labelled positions at a time (train.loss=chunked); their tokens/s
+count real tokens. Generation: greedy, batch 32, 512-token random prompts, exactly 64
 new tokens (``min_new_tokens``), ``model.generate``; decoder prompts are left-padded.
 
 Results go to --out (markdown) and the same path with .json, rewritten after every measurement, so
@@ -32,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-PEAK_FLOPS = 790e12  # H200 (SXM) dense bf16, FLOP/s
+PEAK_FLOPS = 989e12  # H100 SXM and H200 dense bf16, FLOP/s (1,979 is the sparse figure)
 
 FLOPS_FORMULA = (
     "Model FLOPs per optimizer step, from the linear layers (attention-score matmuls and the embedding "
@@ -41,7 +48,9 @@ FLOPS_FORMULA = (
     "(forward 2*S, backward 4*S); LoRA = 4*S + 2*S_t (forward 2*S, activation gradients 2*S through every "
     "layer, weight gradients 2*S_t for the adapters only). T5: encoder layers and the decoder's "
     "cross-attention k/v projections see the source tokens, the other decoder layers and lm_head the "
-    "target tokens; the decoder: every layer sees every token. MFU = FLOPs / step time / peak.")
+    "target tokens; the decoder: every layer sees every token (padding included), except lm_head under the "
+    "chunked loss, which sees the labelled positions only (its recomputation in the backward pass not counted). "
+    "MFU = FLOPs / step time / peak.")
 
 # Full shapes (FLAN-T5 configs; Llama-3.2-1B: 1,235,814,400 parameters) and --smoke shapes.
 MODELS = {
@@ -52,6 +61,10 @@ MODELS = {
     "llama-3.2-1b": dict(family="decoder", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
                          rope_theta=500000.0, max_position_embeddings=131072),
+    # Qwen2.5-1.5B: 1,543,714,304 parameters (tied embeddings).
+    "qwen2.5-1.5b": dict(family="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, rope_theta=1000000.0,
+                         max_position_embeddings=32768),
 }
 SMOKE_MODELS = {
     "flan-t5-base": dict(family="t5", d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
@@ -61,10 +74,19 @@ SMOKE_MODELS = {
     "llama-3.2-1b": dict(family="decoder", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512,
                          rope_theta=500000.0, max_position_embeddings=1024),
+    "qwen2.5-1.5b": dict(family="qwen2", hidden_size=48, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=1024, rope_theta=1000000.0,
+                         max_position_embeddings=1024),
 }
-SHAPES = dict(t5_batch=16, source=512, target=128, dec_batch=8, dec_prompt=512, dec_seq=640,
+DECODERS = ("decoder", "qwen2")
+# The decoder training-step variants (--variants): name -> (rows, train.loss).
+VARIANTS = {"padded": ("padded", "plain"), "packed": ("packed", "plain"), "padded-chunked": ("padded", "chunked"),
+            "packed-chunked": ("packed", "chunked")}
+SHAPES = dict(t5_batch=16, source=512, target=128, dec_batch=8, dec_prompt=512, dec_seq=640, ragged_prompt=(128, 512),
+              ragged_summary=(32, 128), chunk_size=1024,
               gen_batch=32, gen_prompt=512, gen_new=64, warmup=3, steps=10, gen_rounds=3)
-SMOKE_SHAPES = dict(t5_batch=2, source=64, target=16, dec_batch=2, dec_prompt=48, dec_seq=64,
+SMOKE_SHAPES = dict(t5_batch=2, source=64, target=16, dec_batch=2, dec_prompt=48, dec_seq=64, ragged_prompt=(16, 48),
+                    ragged_summary=(4, 16), chunk_size=8,
                     gen_batch=4, gen_prompt=32, gen_new=8, warmup=1, steps=3, gen_rounds=2)
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
 PAD, EOS, FIRST_ID = 0, 1, 2  # random token ids are drawn from [FIRST_ID, vocab)
@@ -79,11 +101,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+ATTENTION = {"impl": "sdpa"}  # --attn
+
+
 def build(spec: dict, device: torch.device, dtype: torch.dtype, method: str) -> torch.nn.Module:
     """A model of ``spec``'s shape with random weights, on ``device`` in ``dtype``; LoRA-wrapped if asked."""
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     kwargs = {k: v for k, v in spec.items() if k != "family"}
+    kwargs["attn_implementation"] = ATTENTION["impl"]
     with torch.device(device):  # initialise on the device: a 1.2B init on the CPU takes a while
         if spec["family"] == "t5":
             config = T5Config(**kwargs, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
@@ -92,6 +125,9 @@ def build(spec: dict, device: torch.device, dtype: torch.dtype, method: str) -> 
             # transformers 5 ties a T5 built from a config; FLAN-T5's lm_head is its own matrix (no
             # output scaling: a small init keeps the random logits, and the loss, near ln(vocab)).
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * spec["d_model"] ** -0.5)
+        elif spec["family"] == "qwen2":
+            config = Qwen2Config(**kwargs, tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=FIRST_ID)
+            model = Qwen2ForCausalLM(config)
         else:
             config = LlamaConfig(**kwargs, tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=FIRST_ID)
             model = LlamaForCausalLM(config)
@@ -103,8 +139,10 @@ def build(spec: dict, device: torch.device, dtype: torch.dtype, method: str) -> 
     return model.to(dtype)
 
 
-def linear_token_sums(model: torch.nn.Module, family: str, source_tokens: int, target_tokens: int) -> tuple[int, int]:
-    """(S, S_t): sum over linear layers of weights x tokens through the layer, all and trainable only."""
+def linear_token_sums(model: torch.nn.Module, family: str, source_tokens: int, target_tokens: int,
+                      label_tokens: int | None = None) -> tuple[int, int]:
+    """(S, S_t): sum over linear layers of weights x tokens through the layer, all and trainable only
+    (``label_tokens``: the chunked loss applies lm_head to the labelled positions only)."""
     total = trainable = 0
     seen = set()
     for name, module in model.named_modules():
@@ -112,8 +150,8 @@ def linear_token_sums(model: torch.nn.Module, family: str, source_tokens: int, t
             continue
         seen.add(id(module.weight))
         parts = name.split(".")
-        if family == "decoder":
-            tokens = target_tokens
+        if family in DECODERS:
+            tokens = label_tokens if label_tokens is not None and parts[-1] == "lm_head" else target_tokens
         elif "encoder" in parts:
             tokens = source_tokens
         elif "EncDecAttention" in parts and parts[parts.index("EncDecAttention") + 1] in ("k", "v"):
@@ -150,6 +188,26 @@ def train_batch(spec: dict, shapes: dict, device: torch.device) -> tuple[dict, i
     return {k: v.to(device) for k, v in batch.items()}, 0, b * n, b
 
 
+def ragged_batch(spec: dict, shapes: dict, device: torch.device, rows: str) -> tuple[dict, int, int, int, int]:
+    """The decoder variants' batch: ``dec_batch`` examples of ragged prompt + summary lengths (the
+    same draw for every variant), padded (sumtune's PadCollator) or packed into one row (sumtune's
+    pack_causal). Returns (batch, token positions computed, real tokens, labelled positions, samples)."""
+    from sumtune.data import PadCollator
+    from sumtune.families.causal import pack_causal
+
+    g = torch.Generator().manual_seed(0)
+    feats = []
+    for _ in range(shapes["dec_batch"]):
+        p = int(torch.randint(shapes["ragged_prompt"][0], shapes["ragged_prompt"][1] + 1, (), generator=g))
+        t = int(torch.randint(shapes["ragged_summary"][0], shapes["ragged_summary"][1] + 1, (), generator=g))
+        ids = torch.randint(FIRST_ID, spec["vocab_size"], (p + t,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * p + ids[p:]})
+    batch = pack_causal(feats) if rows == "packed" else PadCollator(PAD)(feats)
+    real = sum(len(f["input_ids"]) for f in feats)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    return {k: v.to(device) for k, v in batch.items()}, batch["input_ids"].numel(), real, labelled, len(feats)
+
+
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
@@ -159,21 +217,39 @@ def make_optimizer(model: torch.nn.Module, device: torch.device) -> tuple[torch.
 
 
 def measure_training(name: str, spec: dict, method: str, shapes: dict, device: torch.device, dtype: torch.dtype,
-                     peak: float) -> dict:
+                     peak: float, variant: str | None = None) -> dict:
+    """One model/method; ``variant`` (a key of VARIANTS, decoders only): the ragged batch padded or
+    packed, the loss plain or chunked, computed by sumtune's CausalFamily.loss (what its training
+    loop runs); without a variant, the model's own loss on the fixed-shape batch."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build(spec, device, dtype, method)
     model.train()
     n_all, n_trainable = params(model)
-    batch, source_tokens, target_tokens, samples = train_batch(spec, shapes, device)
-    s_all, s_trainable = linear_token_sums(model, spec["family"], source_tokens, target_tokens)
+    family = loss_of = None
+    if variant:
+        from sumtune.families.causal import CausalFamily
+
+        rows, loss_kind = VARIANTS[variant]
+        batch, positions, real, labelled, samples = ragged_batch(spec, shapes, device, rows)
+        source_tokens, target_tokens = 0, positions
+        family, chunk = CausalFamily(spec["family"]), shapes["chunk_size"] if loss_kind == "chunked" else 0
+
+        def loss_of(batch):
+            loss_sum, tokens = family.loss(model, batch, chunk)
+            return loss_sum / tokens
+    else:
+        batch, source_tokens, target_tokens, samples = train_batch(spec, shapes, device)
+        real, labelled = source_tokens + target_tokens, None
+    s_all, s_trainable = linear_token_sums(model, spec["family"], source_tokens, target_tokens,
+                                           labelled if variant and VARIANTS[variant][1] == "chunked" else None)
     flops = 6 * s_all if method == "full" else 4 * s_all + 2 * s_trainable
     optimizer, optimizer_name = make_optimizer(model, device)
     times, losses = [], []
     for step in range(shapes["warmup"] + shapes["steps"]):
         sync(device)
         start = time.perf_counter()
-        loss = model(**batch, use_cache=False).loss
+        loss = loss_of(batch) if variant else model(**batch, use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -182,14 +258,16 @@ def measure_training(name: str, spec: dict, method: str, shapes: dict, device: t
         losses.append(loss.item())
         if step >= shapes["warmup"]:
             times.append(elapsed)
-        log(f"  {name} {method} step {step + 1}/{shapes['warmup'] + shapes['steps']}"
+        log(f"  {name} {method}{' ' + variant if variant else ''} step {step + 1}/{shapes['warmup'] + shapes['steps']}"
             f"{' (warm-up)' if step < shapes['warmup'] else ''}: {elapsed * 1000:.1f} ms, loss {losses[-1]:.4f}")
     step_time = statistics.median(times)
-    tokens = source_tokens + target_tokens
+    tokens = real  # real (non-pad) tokens: the fixed-shape batches have no padding
     return {
-        "model": name, "method": method, "status": "ok",
+        "model": name, "method": method, "variant": variant, "status": "ok",
+        "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "params": n_all, "trainable_params": n_trainable, "optimizer": optimizer_name,
-        "tokens_per_step": tokens, "source_tokens_per_step": source_tokens, "target_tokens_per_step": target_tokens,
+        "tokens_per_step": tokens, "token_positions_per_step": source_tokens + target_tokens,
+        "labelled_positions_per_step": labelled, "source_tokens_per_step": source_tokens, "target_tokens_per_step": target_tokens,
         "samples_per_step": samples,
         "step_time_s": step_time, "step_times_s": times,
         "tokens_per_s": tokens / step_time, "samples_per_s": samples / step_time,
@@ -270,18 +348,19 @@ def markdown(report: dict) -> str:
         "",
         f"Training: {report['setup']}",
         "",
-        "| model | method | params | trainable | tokens/step | step time (median) | tokens/s | samples/s | "
-        "TFLOP/s | MFU | peak memory |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | method | batch | params | trainable | real tokens/step | step time (median) | real tokens/s | "
+        "samples/s | TFLOP/s | MFU | peak memory |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         if r["method"] == "generate":
             continue
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r['method']} | failed: {r['error']} |||||||||")
+            lines.append(f"| {r['model']} | {r['method']} | {r.get('variant') or 'fixed'} | failed: {r['error']} ||||||||"
+                         "|")
             continue
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['params'] / 1e6:,.2f}M | {r['trainable_params'] / 1e6:,.2f}M | "
+            f"| {r['model']} | {r['method']} | {r.get('variant') or 'fixed'} | {r['params'] / 1e6:,.2f}M | {r['trainable_params'] / 1e6:,.2f}M | "
             f"{r['tokens_per_step']:,} | {r['step_time_s'] * 1000:,.1f} ms | {r['tokens_per_s']:,.0f} | "
             f"{r['samples_per_s']:,.1f} | {r['achieved_tflops']:.3g} | {r['mfu'] * 100:.3g}% | "
             f"{fmt(r['peak_memory_gib'], '.1f', ' GiB')} |")
@@ -307,11 +386,16 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, float32, CPU unless a GPU is there")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=["full", "lora", "generate"], default=["full", "lora", "generate"])
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="decoder training-step variants (ragged batch padded/packed, loss plain/chunked); none: --variants")
+    parser.add_argument("--variants-only", action="store_true", help="decoders: skip the fixed-shape batch row")
+    parser.add_argument("--attn", default="sdpa", help="attn_implementation of the models (e.g. flash_attention_2)")
     parser.add_argument("--steps", type=int, help="measured optimizer steps (default 10; smoke 3)")
     parser.add_argument("--warmup", type=int, help="warm-up steps, not measured (default 3; smoke 1)")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_FLOPS / 1e12, help="the device's dense peak")
     args = parser.parse_args()
 
+    ATTENTION["impl"] = args.attn
     shapes = dict(SMOKE_SHAPES if args.smoke else SHAPES)
     shapes.update({k: v for k, v in (("steps", args.steps), ("warmup", args.warmup)) if v is not None})
     specs = SMOKE_MODELS if args.smoke else MODELS
@@ -332,43 +416,54 @@ def main() -> None:
                         "peft": peft.__version__, "python": platform.python_version()},
         "dtype": str(dtype).removeprefix("torch."), "peak_flops": args.peak_tflops * 1e12, "shapes": shapes,
         "models": {name: specs[name] for name in args.models}, "lora": LORA,
-        "setup": (f"weights {str(dtype).removeprefix('torch.')} via model.to() (LoRA adapters included, no fp32 master "
+        "setup": (f"attention {args.attn}; weights {str(dtype).removeprefix('torch.')} via model.to() (LoRA adapters included, no fp32 master "
                   f"weights), torch AdamW (fused where available), lr 1e-5, no gradient checkpointing, use_cache=False; "
                   f"T5 batch {shapes['t5_batch']} x {shapes['source']} source + {shapes['target']} target tokens, "
                   f"decoder batch {shapes['dec_batch']} x {shapes['dec_seq']} tokens ({shapes['dec_prompt']} prompt "
                   f"tokens masked from the loss); LoRA r={LORA['r']}, alpha {LORA['lora_alpha']}, all linear layers "
                   f"but lm_head; step time = forward + backward + optimizer step, median of {shapes['steps']} after "
-                  f"{shapes['warmup']} warm-up steps, synchronised; tokens/s counts source + target positions"),
+                  f"{shapes['warmup']} warm-up steps, synchronised; tokens/s counts real (non-pad) source + target tokens; "
+                  f"decoder variants: {shapes['dec_batch']} examples of {shapes['ragged_prompt']} prompt + "
+                  f"{shapes['ragged_summary']} summary tokens, chunk_size {shapes['chunk_size']}"),
         "flops_formula": FLOPS_FORMULA, "results": [],
     }
     out_json = args.out.with_suffix(".json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log(f"device {report['environment']['device']}, dtype {report['dtype']}, out {args.out} (+ {out_json.name})")
+    jobs = []
     for name in args.models:
         for method in args.methods:
-            log(f"{name} {method} ...")
-            try:
-                if method == "generate":
-                    result = measure_generation(name, specs[name], shapes, device, dtype)
-                else:
-                    result = measure_training(name, specs[name], method, shapes, device, dtype, args.peak_tflops * 1e12)
-            except Exception as err:  # noqa: BLE001 - one failure (OOM) must not lose the other rows
-                first = (str(err).strip().splitlines() or [""])[0][:300]
-                result = {"model": name, "method": method, "status": "error", "error": f"{type(err).__name__}: {first}",
-                          "traceback": traceback.format_exc(limit=-3)}
-                if device.type == "cuda":
-                    result["peak_memory_gib"] = peak_memory(device)
-            free(device)
-            report["results"].append(result)
-            if result["status"] == "ok" and method == "generate":
-                log(f"{name} generate: {result['summaries_per_s']:,.1f} summaries/s")
-            elif result["status"] == "ok":
-                log(f"{name} {method}: {result['step_time_s'] * 1000:,.1f} ms/step, {result['tokens_per_s']:,.0f} tokens/s, "
-                    f"MFU {result['mfu'] * 100:.1f}%, peak {fmt(result['peak_memory_gib'], '.1f', ' GiB')}")
+            decoder_training = method != "generate" and specs[name]["family"] in DECODERS
+            if not (decoder_training and args.variants_only):
+                jobs.append((name, method, None))
+            if decoder_training:
+                jobs += [(name, method, v) for v in args.variants]
+    for name, method, variant in jobs:
+        label = f"{name} {method}{' ' + variant if variant else ''}"
+        log(f"{label} ...")
+        try:
+            if method == "generate":
+                result = measure_generation(name, specs[name], shapes, device, dtype)
             else:
-                log(f"{name} {method} FAILED: {result['error']}")
-            out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            args.out.write_text(markdown(report), encoding="utf-8")
+                result = measure_training(name, specs[name], method, shapes, device, dtype, args.peak_tflops * 1e12,
+                                          variant)
+        except Exception as err:  # noqa: BLE001 - one failure (OOM) must not lose the other rows
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            result = {"model": name, "method": method, "variant": variant, "status": "error",
+                      "error": f"{type(err).__name__}: {first}", "traceback": traceback.format_exc(limit=-3)}
+            if device.type == "cuda":
+                result["peak_memory_gib"] = peak_memory(device)
+        free(device)
+        report["results"].append(result)
+        if result["status"] == "ok" and method == "generate":
+            log(f"{name} generate: {result['summaries_per_s']:,.1f} summaries/s")
+        elif result["status"] == "ok":
+            log(f"{label}: {result['step_time_s'] * 1000:,.1f} ms/step, {result['tokens_per_s']:,.0f} tokens/s, "
+                f"MFU {result['mfu'] * 100:.1f}%, peak {fmt(result['peak_memory_gib'], '.1f', ' GiB')}")
+        else:
+            log(f"{label} FAILED: {result['error']}")
+        out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        args.out.write_text(markdown(report), encoding="utf-8")
     print(markdown(report))
     log(f"wrote {args.out} and {out_json}")
 
