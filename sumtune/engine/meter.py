@@ -86,7 +86,8 @@ class Meter:
             self.loss_tokens += tokens
         real, positions = self.family.count(batch)  # each token once (a causal summary is inside its input)
         self.real_tokens += real
-        self.samples += batch["input_ids"].shape[0]
+        examples = getattr(self.family, "examples", None)  # the RL recipe's counter has none: rows are samples
+        self.samples += examples(batch) if examples else batch["input_ids"].shape[0]
         self.positions += positions
 
     @contextmanager

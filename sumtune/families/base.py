@@ -222,6 +222,10 @@ class Family:
         """(real tokens as a device tensor, token positions) of a collated batch: each token once."""
         raise NotImplementedError
 
+    def examples(self, batch: dict) -> int:
+        """Examples in a training batch: its rows, or, in a packed row, the examples packed into it."""
+        return batch["input_ids"].shape[0]
+
     def align(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, labels) cut so that ``outputs[:, t]`` (logits or the output layer's input)
         predicts ``labels[:, t]``."""
@@ -253,8 +257,12 @@ class Family:
         the logits of the whole batch never exist; the same sum (float32)."""
         labels = batch["labels"]
         if not chunk_size:
-            per_token, mask = self.token_losses(self.forward(model, batch).logits, labels)
-            return per_token.sum(), mask.sum()
+            # Only the labelled positions go through the float32 cross-entropy (a decoder-only
+            # batch is mostly prompt): no float32 copy of the whole logits.
+            logits, labels = self.align(self.forward(model, batch).logits, labels)
+            keep = labels != -100
+            total = torch.nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
+            return total, keep.sum()
         net = unwrap(model)
         with head_input(net) as captured:
             self.forward(model, batch)

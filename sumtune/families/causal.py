@@ -75,6 +75,11 @@ class CausalFamily(Family):
         real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()  # packed
         return real, batch["input_ids"].numel()
 
+    def examples(self, batch: dict) -> int:
+        if "position_ids" in batch:  # packed: each example's positions start at 0
+            return int((batch["position_ids"] == 0).sum())
+        return super().examples(batch)
+
     def align(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Prompt tuning puts virtual tokens in front of the input, and their outputs in front of the
         # sequence's: the last len(labels) positions are the sequence's own. Position t predicts token t + 1.

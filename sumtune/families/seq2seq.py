@@ -58,6 +58,11 @@ class Seq2SeqFamily(Family):
         sources = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()  # packed: no padding
         return sources + (batch["labels"] != -100).sum(), batch["input_ids"].numel() + batch["labels"].numel()
 
+    def examples(self, batch: dict) -> int:
+        if "segment_ids" in batch:  # packed: one segment per example
+            return int(batch["segment_ids"].max()) + 1
+        return super().examples(batch)
+
     def align(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The decoder's input is the labels shifted right, so the output at t predicts labels[t].
         return outputs, labels

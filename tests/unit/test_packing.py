@@ -87,6 +87,7 @@ def test_each_example_in_a_packed_row_gets_the_losses_it_gets_alone(built, arch)
     for a, p in zip(alone, packed):
         assert (a - p).abs().max().item() < 1e-5
     family.check_packing(model)  # the start-up probe agrees
+    assert family.examples(family.packer()(feats)) == len(feats) == family.examples(PadCollator(0)(feats))
 
 
 @pytest.mark.parametrize("arch", PACKABLE)
