@@ -204,9 +204,15 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             metrics["toxicity"] = {"model": toxicity.name, "label": toxicity.label_name,
                                    **compare.toxicity_stats(np.array(tox), seed=cfg.train.seed)}
             note += f"; toxicity {metrics['toxicity']['mean']:.4f} (share > 0.5: {metrics['toxicity']['share_above_0_5']:.4f})"
-        tracking.say(accelerator, f"{cand.name}: " + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES)
+        multi = max(len(r) for r in references) > 1
+        if multi:
+            note += "; mean over references: " + " ".join(f"{k} {scores.means_over_refs[k]:.4f}" for k in rouge.ROUGE_TYPES)
+        tracking.say(accelerator, f"{cand.name}: " + ("multi-reference " if multi else "")
+                     + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES)
                      + f" ({metrics['summaries_per_second']} summaries/s{note})")
         accelerator.log({f"{cand.name}/{k}": means[k] for k in rouge.ROUGE_TYPES}
+                        | ({f"{cand.name}/{k}{compare.OVER_REFS_SUFFIX}": scores.means_over_refs[k]
+                            for k in rouge.ROUGE_TYPES} if multi else {})
                         | ({f"{cand.name}/toxicity_mean": metrics["toxicity"]["mean"]} if tox is not None else {}))
         rows = [prediction_row(e, p) for e, p in zip(examples, preds)]
         if tox is not None:

@@ -75,7 +75,9 @@ def test_shipped_config_trains_and_evaluates_offline_by_its_hub_ids(config, cach
     assert (saved["model"]["name_or_path"], saved["data"]["source"]) == (hub_id, source)
     assert json.loads((run / "metrics.json").read_text())["step"] == 2
     # What the real tokenizer does to the data is reported at start-up, per split.
-    assert "train: 4 examples" in train.stdout and "<unk>" in train.stdout
+    assert "train: 4 examples" in train.stdout and "<unk>" in train.stdout and "tokenizer: " in train.stdout
+    if source == "samsum":  # its rows mix \r\n and \n and carry edge whitespace: normalised, and counted
+        assert "normalised: " in train.stdout and "line ends made" in train.stdout
     frame = (run / "prompt_example.txt").read_text()
     assert "{dialogue}" not in frame and "Summarize" in frame
 

@@ -2,6 +2,7 @@
 test split: ids test_<i>_1..3, one reference each) is generated once per dialogue and scored
 against all its references, as rouge_score's score_multi scores it; intervals resample dialogues."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -145,6 +146,11 @@ def test_rows_mode_scores_every_row(t5, tmp_path):
     c = evaluation.evaluate_candidates(cfg, [evaluation.parse_candidate(f"a={t5}")], tmp_path / "e", Accelerator(cpu=True))
     assert c.examples == 6 and c.over_refs is None
     assert "multi-reference" not in (tmp_path / "e" / "comparison.md").read_text()
+    # Every dialogue has 3 references: the row-by-row mean is the grouped mean over references.
+    grouped = evaluation.evaluate_candidates(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, references="grouped")),
+                                             [evaluation.parse_candidate(f"a={t5}")], tmp_path / "g", Accelerator(cpu=True))
+    for k in rouge.ROUGE_TYPES:
+        assert abs(grouped.over_refs.means["a"][k] - c.means["a"][k]) < 1e-9
 
 
 def test_old_result_folders_with_one_reference_per_row_still_load(tmp_path):
