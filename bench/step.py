@@ -40,7 +40,7 @@ DEMO = REPO / "demo"
 GOAL_SPEED, GOAL_LOSS, GOAL_MEMORY = 1.3, 0.02, 0.30
 
 # Per-run sizes. Packed rows: max_tokens x grad_accum tokens per optimizer step, about what a batch
-# of 8 length-grouped examples holds (decoder-only examples average ~PLACEHOLDER tokens, T5 ~PLACEHOLDER).
+# of 8 length-grouped examples holds (the results file gives each run's real tokens).
 FULL = dict(rounds=3, causal_steps=32, s2s_steps=64, batch=8, causal_rows=(544, 2), s2s_rows=(544, 2),
             memory=dict(vocab=151936, hidden=256, layers=2, batch=8, seq=512, labelled=128, chunk_size=1024))
 QUICK = dict(rounds=1, causal_steps=4, s2s_steps=4, batch=8, causal_rows=(544, 2), s2s_rows=(544, 2),
