@@ -67,6 +67,8 @@ def variants(size: dict) -> dict[str, list[tuple[str, str, dict]]]:
         "seq2seq": [
             ("sumtune, grouped", "sumtune", {"batching": "grouped"}),
             ("sumtune, packed", "sumtune", s_pack),
+            # torch.compile: its compilation happens inside the clocked span (the first steps)
+            ("sumtune, grouped + torch.compile", "sumtune", {"batching": "grouped", "compile": True}),
             ("Seq2SeqTrainer, group_by_length", "seq2seq", {}),
         ],
     }

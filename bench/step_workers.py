@@ -58,6 +58,7 @@ def config(args: dict):
         f"train.lr={args['lr']}", f"train.warmup_steps={args['warmup']}", "train.log_every=1",
         f"train.batching={args.get('batching', 'grouped')}", f"train.max_tokens={args.get('max_tokens', 0)}",
         f"train.loss={args.get('loss', 'plain')}", f"train.chunk_size={args.get('chunk_size', 1024)}",
+        f"train.compile={str(args.get('compile', False)).lower()}",
         "train.rouge_every=0", "train.eval_every=0", "train.eval_max_batches=1", "train.checkpoint_every=0",
         "tracker.backend=none",
     ])
