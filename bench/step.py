@@ -282,7 +282,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds (default 3; --quick 1)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker process (OMP_NUM_THREADS)")
-    parser.add_argument("--out", default=str(REPO / "bench/step_results"), help="written as .md and .json")
+    parser.add_argument("--out", help="written as .md and .json (default bench/step_results; --quick: under bench/.work)")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the .md (and the notes) of a results .json")
     args = parser.parse_args()
     if args.render:  # no measurement: the report's text again, from the figures of an earlier run
@@ -296,6 +296,8 @@ def main() -> None:
         path.with_suffix(".md").write_text(report(res))
         return
     THREADS["n"] = args.threads
+    # A smoke run never overwrites the committed figures.
+    args.out = args.out or str(WORK / "step_results_quick" if args.quick else REPO / "bench/step_results")
     size = dict(QUICK if args.quick else FULL)
     if args.rounds:
         size["rounds"] = args.rounds
