@@ -89,13 +89,14 @@ def test_accelerate_sharding_gives_each_rank_grouped_batches_of_one_shared_order
     assert seen == set(range(len(lengths)))
 
 
-def test_restoring_the_generator_and_skipping_batches_continues_the_same_epoch():
+@pytest.mark.parametrize("extra", [{}, {"max_tokens": 1200}, {"batching": "packed", "max_tokens": 1200}])
+def test_restoring_the_generator_and_skipping_batches_continues_the_same_epoch(extra):
     """What resume does: set the shuffling generator back to its state at the epoch's start,
-    then skip the batches already consumed."""
+    then skip the batches already consumed (length-grouped, under a token budget, packed rows)."""
     from accelerate.data_loader import skip_first_batches
 
     feats = [{"input_ids": list(range(1, n + 1)), "labels": [1] * m} for n, m in skewed_lengths(n=120)]
-    cfg = TrainConfig(per_device_batch_size=4, group_size=4)
+    cfg = TrainConfig(per_device_batch_size=4, group_size=4, **extra)
     gen = torch.Generator().manual_seed(7)
     seam = _seam(feats, cfg)
     list(seam.loader(feats, gen))  # epoch 0
