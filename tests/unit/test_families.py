@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo  # noqa: E402
 
 from sumtune import data, families, models  # noqa: E402
+from sumtune.batching import real_token_share  # noqa: E402
 from sumtune.config import DataConfig, GenerationConfig  # noqa: E402
 from sumtune.errors import SumtuneError  # noqa: E402
 
@@ -148,7 +149,7 @@ def test_token_counts_count_a_causal_summary_once(models_dir):
     assert real.item() == sum(len(f["input_ids"]) for f in feats)
     assert positions == batch["input_ids"].numel()
     lengths = data.example_lengths(feats, family)
-    assert data.real_token_share([[0, 1, 2, 3]], lengths) == pytest.approx(real.item() / positions)
+    assert real_token_share([[0, 1, 2, 3]], lengths) == pytest.approx(real.item() / positions)
 
 
 @pytest.mark.parametrize("arch", zoo.CAUSAL)
