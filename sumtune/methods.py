@@ -10,6 +10,7 @@ test):
     model = methods.wrap(base, cfg.model, family, plan.total_steps)  # the base wrapped for training
     scale = methods.lr_scale(cfg.model)                           # LoRA+: a learning-rate factor per parameter
     hook = methods.step_hook(prepared, cfg.model, accelerator)    # AdaLoRA's budget; None for the others
+    penalty = methods.loss_penalty(prepared, cfg.model, accelerator)  # AdaLoRA's orthogonality term; or None
 
 Full fine-tuning is the entry with no peft config: the base trains as it is.
 """
@@ -336,6 +337,30 @@ def step_hook(model, cfg: ModelConfig, accelerator) -> AdaLoraBudget | None:
     budget = AdaLoraBudget(accelerator, model)
     accelerator.register_for_checkpointing(budget)
     return budget
+
+
+def loss_penalty(model, cfg: ModelConfig, accelerator) -> Callable[[], torch.Tensor] | None:
+    """A term a method adds to every micro-batch's training loss, or None. AdaLoRA's: its weight
+    (``model.adalora.orth_reg_weight``) times the mean over its A and B matrices of how far their
+    Gram matrices are from the identity (Frobenius norm), which keeps the SVD form's singular vectors
+    orthogonal. peft adds that term only to a loss the model computes itself from labels; sumtune's
+    training loss is computed by the family from the logits (engine.TokenWeightedLoss adds this to
+    each micro-batch, so a step's gradient holds it once, as peft's would)."""
+    if cfg.method != "adalora" or cfg.adalora.orth_reg_weight <= 0:
+        return None
+    weight = cfg.adalora.orth_reg_weight
+
+    def penalty() -> torch.Tensor:
+        tuner = accelerator.unwrap_model(model).base_model
+        name = tuner.trainable_adapter_name
+        distances = []
+        for key, p in tuner.model.named_parameters():
+            if name in key and ("lora_A" in key or "lora_B" in key):
+                gram = p @ p.T if "lora_A" in key else p.T @ p  # a rank pruned to 0: an empty Gram, distance 0
+                distances.append(torch.norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), p="fro"))
+        return weight * torch.stack(distances).mean()
+
+    return penalty
 
 
 # ----------------------------------------------------------------------------- saved adapters

@@ -92,10 +92,14 @@ class TokenWeightedLoss:
     times ``accumulation x processes / window tokens``: Accelerate (or DeepSpeed) divides the
     loss by the accumulation steps and DDP (or ZeRO) averages the ranks' gradients, which undoes
     those two factors. ``last`` holds the micro-batch's (loss sum, target tokens) for the meter.
+    ``penalty()`` (a method's regularisation term, methods.loss_penalty) is added to every
+    micro-batch's loss as it is: after the same division and averaging, a step's gradient holds it once.
     """
 
-    def __init__(self, accelerator, model, family, chunk_size: int = 0):
+    def __init__(self, accelerator, model, family, chunk_size: int = 0,
+                 penalty: Callable[[], torch.Tensor] | None = None):
         self.acc, self.model, self.family, self.chunk_size = accelerator, model, family, chunk_size
+        self.penalty = penalty
         self.scale = torch.ones(())
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -108,4 +112,5 @@ class TokenWeightedLoss:
     def __call__(self, batch: dict) -> torch.Tensor:
         loss_sum, tokens = self.family.loss(self.model, batch, self.chunk_size)
         self.last = (loss_sum.detach(), tokens)
-        return loss_sum * self.scale.to(loss_sum.device)
+        loss = loss_sum * self.scale.to(loss_sum.device)
+        return loss + self.penalty() if self.penalty is not None else loss

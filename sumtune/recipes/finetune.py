@@ -99,6 +99,7 @@ def run(cfg: RunConfig) -> dict:
     # so it is registered for save_state/load_state by hand.
     accelerator.register_for_checkpointing(scheduler)
     hook = methods.step_hook(model, cfg.model, accelerator)  # AdaLoRA's budget (checkpointed with the run); else None
+    penalty = methods.loss_penalty(model, cfg.model, accelerator)  # AdaLoRA's orthogonality term; else None
 
     validator = RougeValidator(accelerator, tokenizer, val_records, cfg, family) if cfg.train.rouge_every else None
     start = ctx.begin(accelerator, extras={"validator": validator})  # resume, config, tracker, log, signals
@@ -108,7 +109,8 @@ def run(cfg: RunConfig) -> dict:
                                 cfg.data), encoding="utf-8")
     started = time.perf_counter()
     metrics = fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, ctx.log, family, validator,
-                  checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption, hook=hook)
+                  checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption, hook=hook,
+                  penalty=penalty)
     if metrics.get("preempted"):
         ctx.exit_preempted(metrics["step"], metrics["checkpoint"])  # exits with 75
     if validator:
@@ -141,7 +143,8 @@ def run(cfg: RunConfig) -> dict:
 def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
         family, validate: Callable[[torch.nn.Module, int], tuple[dict, bool]] | None = None,
         checkpoint: Callable[[int, dict], str] | None = None, start: Position | None = None,
-        generator: torch.Generator | None = None, preemption=None, hook: Callable[[int], None] | None = None) -> dict:
+        generator: torch.Generator | None = None, preemption=None, hook: Callable[[int], None] | None = None,
+        penalty: Callable[[], torch.Tensor] | None = None) -> dict:
     """Train until ``plan.total_steps`` optimizer steps; returns the final metrics.
 
     ``validate(model, step)`` (ROUGE on validation data) runs every ``cfg.rouge_every`` steps and
@@ -150,7 +153,8 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
     a checkpoint's position; ``generator`` is the training data's shuffling generator. When
     ``preemption`` (sumtune.preemption.Preemption) was signalled on any rank, the loop
     checkpoints at the step boundary and returns with ``preempted`` set. ``hook(step)`` runs on
-    each optimizer step (engine.OptimizerStep).
+    each optimizer step (engine.OptimizerStep); ``penalty()`` is added to each micro-batch's loss
+    (engine.TokenWeightedLoss).
     """
     from tqdm.auto import tqdm
 
@@ -159,7 +163,7 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                dynamic_ncols=True)
     step, epoch, skip, resume_generator = pos.step, pos.epoch, pos.batches_in_epoch, pos.generator_state
     stopped_early = preempted = False
-    loss = TokenWeightedLoss(accelerator, model, family, cfg.chunk_size if cfg.loss == "chunked" else 0)
+    loss = TokenWeightedLoss(accelerator, model, family, cfg.chunk_size if cfg.loss == "chunked" else 0, penalty)
     optimizer_step = OptimizerStep(accelerator, model, optimizer, scheduler, cfg.max_grad_norm, loss, hook)
     meter = Meter(accelerator, family, weighted=True)
     if pos.window:

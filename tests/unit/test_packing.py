@@ -302,3 +302,41 @@ def test_accelerate_deals_whole_rows_and_budget_batches_to_each_rank(kind):
             assert len(got) == batches_per_rank(len(batches), world)
             assert got[:len(batches[rank::world])] == batches[rank::world]
             assert all(b in batches for b in got)
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_adaloras_orthogonality_penalty_is_in_the_loss_as_peft_adds_it(built, arch):
+    """peft adds AdaLoRA's orthogonality term only to a loss the model computes from labels;
+    sumtune's loss is computed from the logits, so methods.loss_penalty adds it: token mean +
+    penalty equals peft's own loss on the same batch (one micro-batch, one process), gradients too."""
+    from accelerate import Accelerator
+    from peft import AdaLoraConfig, get_peft_model
+
+    from sumtune import methods
+    from sumtune.config import ModelConfig
+
+    family, model, tok = load(built, arch)
+    cfg = ModelConfig(method="adalora")
+    targets = ["q", "v"] if arch == "t5" else ["q_proj", "v_proj"]
+    peft = get_peft_model(model, AdaLoraConfig(init_r=4, target_r=2, lora_dropout=0.0, target_modules=targets,
+                                               orth_reg_weight=cfg.adalora.orth_reg_weight, total_step=10,
+                                               task_type="SEQ_2_SEQ_LM" if arch == "t5" else "CAUSAL_LM"))
+    with torch.no_grad():  # B starts at zero: move it so the penalty and its gradient are not trivial
+        for name, p in peft.named_parameters():
+            if "lora_B" in name or "lora_E" in name:
+                p.normal_(0, 0.3)
+    penalty = methods.loss_penalty(peft, cfg, Accelerator(cpu=True))
+    assert methods.loss_penalty(peft, ModelConfig(method="lora"), Accelerator(cpu=True)) is None
+    batch = PadCollator(0)(features(built, family, tok, n=3))
+    peft.zero_grad()
+    theirs = peft(**batch, use_cache=False).loss
+    theirs.backward()
+    g_theirs = grads(peft)
+    peft.zero_grad()
+    total, tokens = family.loss(peft, batch)
+    ours = total / tokens + penalty()
+    ours.backward()
+    assert penalty().item() > 1e-3
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    for name, g in g_theirs.items():
+        assert (grads(peft)[name] - g).abs().max().item() <= 1e-6 * max(1.0, g.abs().max().item()), name
