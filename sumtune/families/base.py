@@ -469,10 +469,19 @@ def chunked_loss(head, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: i
 
     keep = labels != -100
     hidden, labels = hidden[keep], labels[keep]
+    chunks = -(-labels.shape[0] // chunk_size)
+    if any(hasattr(p, "ds_id") for p in head.parameters()):
+        # DeepSpeed ZeRO-3: each call of the layer gathers its weight from every rank (a
+        # collective), so every rank must make as many calls, forward and in the backward pass's
+        # recomputation: the ranks agree on the most chunks any of them needs; the others get
+        # empty chunks (a loss of 0).
+        count = torch.tensor([chunks], device=hidden.device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        chunks = int(count.item())
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, labels.shape[0], chunk_size):
-        end = start + chunk_size
-        total = total + checkpoint(_chunk_loss, head, hidden[start:end], labels[start:end], softcap, use_reentrant=False)
+    for k in range(chunks):
+        part = slice(k * chunk_size, (k + 1) * chunk_size)
+        total = total + checkpoint(_chunk_loss, head, hidden[part], labels[part], softcap, use_reentrant=False)
     return total, keep.sum()
 
 

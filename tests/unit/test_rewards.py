@@ -58,6 +58,6 @@ def test_a_model_that_is_no_classifier_or_is_missing_is_one_line(tmp_path):
     assert "is not a sequence classifier (its architectures: T5ForConditionalGeneration)" in str(err.value)
     with pytest.raises(SumtuneError, match="rl.reward.model: ./no/such/classifier does not exist"):
         Classifier("./no/such/classifier", key="rl.reward.model")
-    with pytest.raises(SumtuneError, match="'facebook/roberta-hate-speech-dynabench-r4-target' is not a local folder "
-                                           "and HF_HUB_OFFLINE is set"):
+    with pytest.raises(SumtuneError, match="'facebook/roberta-hate-speech-dynabench-r4-target' is not a local folder, "
+                                           "nor in the Hugging Face cache, and HF_HUB_OFFLINE is set"):
         Classifier("facebook/roberta-hate-speech-dynabench-r4-target", key="rl.reward.model")
