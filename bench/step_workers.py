@@ -74,6 +74,32 @@ def features(cfg):
     return tokenizer, family, data.encode_records(records, tokenizer, cfg.data, family)[0]
 
 
+HELDOUT = 96  # validation examples every run's final weights are scored on
+
+
+def heldout_loss(cfg, model) -> float:
+    """The token-weighted loss of the final weights on the first HELDOUT validation examples, the
+    same examples, padded batches and function (sumtune.engine.validation_loss) for every
+    framework: the like-for-like quality check (the runs' training losses are over different batches)."""
+    import dataclasses
+
+    from sumtune import data, families, models
+    from sumtune.engine import validation_loss
+
+    class OneProcess:  # what validation_loss asks of an Accelerator, for one process
+        @staticmethod
+        def gather_for_metrics(rows):
+            return rows
+
+    family = families.of_model(model)
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, family)
+    records, _ = data.load_split(cfg.data, "validation", HELDOUT)
+    feats, _ = data.encode_records(records, tokenizer, cfg.data, family)
+    loader = data.validation_loader(feats, data.example_lengths(feats, family),
+                                    dataclasses.replace(cfg.train, eval_max_batches=0), data.make_collator(tokenizer), 1)
+    return validation_loss(OneProcess(), model, loader, family)
+
+
 def tail_loss(losses: list[float]) -> float:
     """Mean of the per-step training losses over the last quarter of the steps."""
     keep = losses[-max(1, len(losses) // 4):]
@@ -95,6 +121,7 @@ def run_sumtune(args: dict) -> dict:
 
     def timed_fit(accelerator, model, *a, **k):
         seen["attention"] = attention(families.base.unwrap(model))
+        seen["model"] = model
         clock["start"] = time.perf_counter()
         try:
             return fit(accelerator, model, *a, **k)
@@ -114,7 +141,8 @@ def run_sumtune(args: dict) -> dict:
     return {"seconds": round(seconds, 3), "real_tokens": meter["real_tokens"], "samples": meter["samples"],
             "token_positions": meter["token_positions"], "real_tokens_per_s": round(meter["real_tokens"] / seconds, 1),
             "own_meter_real_tokens_per_s": meter["real_tokens_per_s"], "steps": len(losses),
-            "tail_loss": tail_loss(losses), "losses": losses, "attention": seen.get("attention")}
+            "tail_loss": tail_loss(losses), "losses": losses, "attention": seen.get("attention"),
+            "heldout_loss": heldout_loss(cfg, seen["model"])}
 
 
 class Counter:
@@ -162,13 +190,13 @@ def trainer_clock():
     return clock, Clock()
 
 
-def trainer_result(trainer, counter: Counter, clock: dict, model) -> dict:
+def trainer_result(trainer, counter: Counter, clock: dict, model, cfg) -> dict:
     seconds = clock["end"] - clock["start"]
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {"seconds": round(seconds, 3), "real_tokens": counter.real, "samples": counter.samples,
             "token_positions": counter.positions, "real_tokens_per_s": round(counter.real / seconds, 1),
             "steps": trainer.state.global_step, "tail_loss": tail_loss(losses), "losses": losses,
-            "attention": attention(model)}
+            "attention": attention(model), "heldout_loss": heldout_loss(cfg, model)}
 
 
 def run_trl(args: dict) -> dict:
@@ -201,7 +229,7 @@ def run_trl(args: dict) -> dict:
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train, processing_class=tokenizer, callbacks=[callback])
     counter = Counter(trainer)
     trainer.train()
-    return {**trainer_result(trainer, counter, clock, model), "padding_free": bool(trainer.padding_free),
+    return {**trainer_result(trainer, counter, clock, model, cfg), "padding_free": bool(trainer.padding_free),
             "packed_rows": len(trainer.train_dataset) if packed else None}
 
 
@@ -229,7 +257,7 @@ def run_seq2seq(args: dict) -> dict:
                              processing_class=tokenizer, callbacks=[callback])
     counter = Counter(trainer, seq2seq=True)
     trainer.train()
-    return trainer_result(trainer, counter, clock, model)
+    return trainer_result(trainer, counter, clock, model, cfg)
 
 
 def run_memory(args: dict) -> dict:
