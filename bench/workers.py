@@ -84,7 +84,7 @@ def bench_config(args: dict):
         f"run_name={args['run_name']}", f"output_dir={args['out']}", "overwrite=true",
         f"train.max_steps={args['steps']}", f"train.per_device_batch_size={args['batch']}",
         f"train.lr={args['lr']}", f"train.warmup_steps={args['warmup']}", f"train.log_every={args['log_every']}",
-        f"train.group_by_length={str(args.get('grouped', True)).lower()}",
+        f"train.batching={'grouped' if args.get('grouped', True) else 'random'}",
         "train.rouge_every=0", "train.eval_every=0", "train.checkpoint_every=0", "tracker.backend=none",
     ])
 
@@ -138,7 +138,8 @@ def run_sumtune(args: dict) -> dict:
 
 def run_hf(args: dict) -> dict:
     import datasets
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+    from step_workers import trainer_clock  # bench/ is this script's folder, first on sys.path
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     from sumtune import data, models
 
@@ -158,14 +159,7 @@ def run_hf(args: dict) -> dict:
         counts["samples"] += batch["input_ids"].shape[0]
         return batch
 
-    clock = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            clock["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            clock["end"] = time.perf_counter()
+    clock, callback = trainer_clock()  # the same clock as the step benchmark's Trainers
 
     targs = Seq2SeqTrainingArguments(
         output_dir=str(Path(args["out"]) / args["run_name"]), per_device_train_batch_size=cfg.train.per_device_batch_size,
@@ -176,7 +170,7 @@ def run_hf(args: dict) -> dict:
         train_sampling_strategy="group_by_length" if args.get("grouped") else "random",
     )
     trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, data_collator=collate,
-                             processing_class=tokenizer, callbacks=[Clock()])
+                             processing_class=tokenizer, callbacks=[callback])
     trainer.train()
     seconds = clock["end"] - clock["start"]
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
