@@ -322,8 +322,10 @@ class RLConfig:
     process, scores them, and updates the policy; ``train.max_steps`` counts these steps."""
 
     # "rloo": REINFORCE with the leave-one-out baseline of the other samples of the same prompt (no
-    # value model).
-    algorithm: Literal["rloo"] = "rloo"
+    # value model; samples_per_prompt >= 2). "ppo": a value head on the policy, the KL as a per-token
+    # reward penalty, GAE over the summary's tokens, whitened advantages, clipped policy and value
+    # losses (samples_per_prompt may be 1).
+    algorithm: Literal["rloo", "ppo"] = "rloo"
     samples_per_prompt: int = 4
     # Rollouts sample from the policy's own distribution (at this temperature; log-probs and the KL
     # are computed at the same temperature). No top-k/top-p: a truncated sampler makes the KL
@@ -342,6 +344,14 @@ class RLConfig:
     # clipped importance ratio (clip).
     epochs: int = 1
     clip: float = 0.2
+    # Optimizer steps per pass over a step's samples (each over train.grad_accum micro-batches); the
+    # rows are shuffled between passes.
+    minibatches: int = 1
+    # PPO: discount and GAE's lambda over the summary's tokens; the value loss's weight and clip.
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_coef: float = 0.1
+    value_clip: float = 0.2
     # Against reward hacking by short or empty summaries: a summary of fewer than min_tokens tokens
     # (its end token not counted) has short_penalty taken off its reward; one that never ends
     # (max_new_tokens reached) has missing_eos_penalty taken off.
@@ -716,8 +726,14 @@ def validate(cfg: RunConfig) -> None:
              "must name a classifier (hub id or path), or be null")
     _require(bool(e.toxicity_label.strip()), "eval.toxicity_label", "must name a label of the classifier")
     _require(e.toxicity_batch_size >= 1, "eval.toxicity_batch_size", f"must be >= 1, got {e.toxicity_batch_size}")
-    _require(rl.samples_per_prompt >= 2, "rl.samples_per_prompt",
-             f"must be >= 2 (the leave-one-out baseline needs another sample), got {rl.samples_per_prompt}")
+    _require(rl.samples_per_prompt >= 2 or rl.algorithm == "ppo" and rl.samples_per_prompt >= 1, "rl.samples_per_prompt",
+             f"must be >= 2 with rl.algorithm={rl.algorithm} (the leave-one-out baseline needs another sample; "
+             f"rl.algorithm=ppo takes 1), got {rl.samples_per_prompt}")
+    _require(rl.minibatches >= 1, "rl.minibatches", f"must be >= 1, got {rl.minibatches}")
+    _require(0 <= rl.gamma <= 1, "rl.gamma", f"must be in [0, 1], got {rl.gamma}")
+    _require(0 <= rl.lam <= 1, "rl.lam", f"must be in [0, 1], got {rl.lam}")
+    _require(rl.value_coef > 0, "rl.value_coef", f"must be > 0 (the value head learns from it), got {rl.value_coef}")
+    _require(rl.value_clip > 0, "rl.value_clip", f"must be > 0, got {rl.value_clip}")
     _require(rl.temperature > 0, "rl.temperature", f"must be > 0, got {rl.temperature}")
     _require(rl.max_new_tokens >= 1, "rl.max_new_tokens", f"must be >= 1, got {rl.max_new_tokens}")
     _require(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")

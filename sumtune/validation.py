@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from sumtune import checkpoints, faults, rouge
 from sumtune.config import RunConfig, dump_yaml
 from sumtune.data import prompt_encoder, scoring_examples
 from sumtune.generation import generate
+from sumtune.tracking import say
 
 
 class RougeValidator:
-    def __init__(self, accelerator, tokenizer, val_records: list[dict], cfg: RunConfig, family):
+    """``validator(model, step) -> (scores, stop)``. ``extra(predictions)`` adds scores of the
+    recipe's own (the RL recipe: the reward model's); ``keep_best=False`` keeps no best/ (the RL
+    recipe: its final save merges the start, which a best/ adapter would lack); ``generation``
+    replaces ``cfg.generation``."""
+
+    def __init__(self, accelerator, tokenizer, val_records: list[dict], cfg: RunConfig, family,
+                 extra: Callable[[list[str]], dict] | None = None, keep_best: bool = True, generation=None):
         self.acc = accelerator
+        self.extra, self.keep_best = extra, keep_best
+        self.generation = generation or cfg.generation
         self.tok = tokenizer
         self.cfg = cfg
         self.records = scoring_examples(val_records, cfg.eval.references)[: cfg.train.rouge_examples]
@@ -40,10 +50,13 @@ class RougeValidator:
         net = self.acc.unwrap_model(model)
         with faults.during("rouge", step):  # a test hook (sumtune.faults); inert unless SUMTUNE_FAULT names it
             preds, _ = generate(self.acc, net, self.tok, self.encoder, [r["dialogue"] for r in self.records],
-                                self.cfg.generation, progress=False)
+                                self.generation, progress=False)
         model.train()
         means = rouge.score_multi(preds, [r["references"] for r in self.records]).means
-        scores = {f"val_{k}": v for k, v in means.items()}
+        scores = {**(self.extra(preds) if self.extra else {}), **{f"val_{k}": v for k, v in means.items()}}
+        if not self.keep_best:
+            say(self.acc, f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            return scores, False
         if means[self.metric] > self.best:
             self.best, self.best_step, self.evals_without_best = means[self.metric], step, 0
             info = {"step": step, "metric": self.metric, **scores, "examples": len(self.records)}

@@ -62,6 +62,10 @@ class Meter:
     recipe, engine.TokenWeightedLoss); otherwise each batch's loss is a mean and the window's loss
     the mean of the batches' (the RL recipe).
 
+    ``stats(values)`` adds a step's named statistics (the RL recipe's score, KL, ...: each already
+    the same on every rank); the window logs each one's mean over the window's steps, and they
+    travel in ``carry()`` like the counts.
+
     The loss sum, batch count and real-token count stay on the device (no host sync per batch);
     samples and token positions (padding included) are known on the host from the shapes. Time
     spent validating or checkpointing (inside ``aside()``) does not count as training time.
@@ -77,6 +81,8 @@ class Meter:
         self.loss_tokens = zero()
         self.samples = self.positions = 0  # this window, on the host
         self.total = Counts()  # this rank's closed windows (loss and batches unused)
+        self.stat_sums: dict[str, float] = {}  # this window's named statistics, summed over its steps
+        self.stat_steps = 0
         self.started, self.paused = time.perf_counter(), 0.0
 
     def add(self, batch: dict, loss: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
@@ -89,6 +95,16 @@ class Meter:
         examples = getattr(self.family, "examples", None)  # the RL recipe's counter has none: rows are samples
         self.samples += examples(batch) if examples else batch["input_ids"].shape[0]
         self.positions += positions
+
+    def stats(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.stat_sums[name] = self.stat_sums.get(name, 0.0) + float(value)
+        self.stat_steps += 1
+
+    def _stat_means(self) -> dict[str, float]:
+        means = {name: total / self.stat_steps for name, total in self.stat_sums.items()} if self.stat_steps else {}
+        self.stat_sums, self.stat_steps = {}, 0
+        return means
 
     @contextmanager
     def aside(self):
@@ -118,7 +134,10 @@ class Meter:
     def carry(self) -> dict[str, float]:
         """This logging window so far, summed over ranks (a collective), for a checkpoint: a run
         resumed between two logging steps then logs the same average as an uninterrupted one."""
-        return self._mine().reduced(self.acc).as_dict()
+        carried = self._mine().reduced(self.acc).as_dict()
+        if self.stat_steps:
+            carried.update(stats=dict(self.stat_sums), stat_steps=self.stat_steps)
+        return carried
 
     def restore(self, carried: dict | list) -> None:
         """Continue the window ``carry()`` saved (or, from an older checkpoint, its list of 6 floats).
@@ -126,6 +145,8 @@ class Meter:
         be turned into token sums: its loss is left out (the window logged after such a resume
         averages the batches since the resume); its throughput counts are kept."""
         window = Counts.read(carried)
+        if isinstance(carried, dict) and carried.get("stat_steps"):  # the same on every rank: not summed
+            self.stat_sums, self.stat_steps = dict(carried["stats"]), int(carried["stat_steps"])
         if self.weighted and not window.loss_tokens:
             window.loss = window.batches = 0.0
         self.started -= window.seconds  # every rank: window time is averaged over ranks
@@ -137,7 +158,7 @@ class Meter:
 
     def window(self) -> dict:
         t = self._close().reduced(self.acc)
-        return {"loss": t.mean_loss(), "tokens_per_s": t.real_tokens / t.seconds,
+        return {**self._stat_means(), "loss": t.mean_loss(), "tokens_per_s": t.real_tokens / t.seconds,
                 "samples_per_s": t.samples / t.seconds, "real_token_share": t.real_tokens / max(t.positions, 1.0)}
 
     def run(self) -> dict:

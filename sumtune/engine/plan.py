@@ -10,6 +10,7 @@ import torch
 
 from sumtune.batching import batches_per_rank
 from sumtune.config import TrainConfig
+from sumtune.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class StepPlan:
     warmup_steps: int
     batching: str = "grouped"
     max_tokens: int = 0
+    updates_per_step: int = 1  # optimizer steps per step of the recipe's loop (RL: rl.epochs x rl.minibatches)
+
+    @property
+    def loop_steps(self) -> int:
+        """Steps of the recipe's loop (RL steps); optimizer steps in fine-tuning."""
+        return self.total_steps // self.updates_per_step
 
     def describe(self) -> str:
         if self.batching == "packed":
@@ -40,42 +47,56 @@ class StepPlan:
 
 
 def plan_steps(examples: int, num_processes: int, cfg: TrainConfig,
-               epoch_batches: Callable[[int], int] | None = None) -> StepPlan:
-    """All step arithmetic in one place. An optimizer step is taken every ``grad_accum`` batches
-    and at the end of each epoch. ``epoch_batches(epoch)`` is the number of micro-batches (over
-    all ranks) the batching strategy yields in that epoch (``batching.Batching.epoch_batches``);
-    without it, batches of ``per_device_batch_size``."""
+               epoch_batches: Callable[[int], int] | None = None, batches_per_step: int | None = None,
+               updates_per_step: int = 1, drop_last: bool = False) -> StepPlan:
+    """All step arithmetic in one place, for what a recipe's step consumes.
+
+    ``epoch_batches(epoch)``: the micro-batches (over all ranks) the batching strategy yields in
+    that epoch (``batching.Batching.epoch_batches``); without it, batches of
+    ``per_device_batch_size``. A step of the loop takes ``batches_per_step`` of them on each rank
+    (default ``grad_accum``: fine-tuning's optimizer step) and makes ``updates_per_step`` optimizer
+    steps (the RL recipe: one batch of prompts per rank, ``rl.epochs x rl.minibatches`` updates).
+    An epoch ends with a shorter step, or, with ``drop_last``, without it. ``train.max_steps``
+    counts steps of the loop; ``total_steps`` and warmup count optimizer steps."""
     if epoch_batches is None:
         epoch_batches = lambda _: math.ceil(examples / cfg.per_device_batch_size)  # noqa: E731
+    per_step = batches_per_step or cfg.grad_accum
+    whole = (lambda n: n // per_step) if drop_last else (lambda n: math.ceil(n / per_step))
 
     def steps_in(epoch: int) -> int:
-        return math.ceil(batches_per_rank(epoch_batches(epoch), num_processes) / cfg.grad_accum)
+        return whole(batches_per_rank(epoch_batches(epoch), num_processes))
 
     steps_per_epoch = steps_in(0)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"config key 'train.per_device_batch_size': {cfg.per_device_batch_size} x {num_processes} "
+                          f"processes per step, but the train split has {examples} examples")
     if cfg.max_steps > 0:
-        total, epochs = cfg.max_steps, 0
+        loop_total, epochs = cfg.max_steps, 0
         reached = 0
-        while reached < total:
+        while reached < loop_total:
             reached += steps_in(epochs)
             epochs += 1
     else:
         epochs = cfg.epochs
-        total = sum(steps_in(e) for e in range(epochs))
+        loop_total = sum(steps_in(e) for e in range(epochs))
+    total = loop_total * updates_per_step
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
     packed = cfg.batching == "packed"
+    per_device = 1 if packed else cfg.per_device_batch_size
     return StepPlan(
         examples=examples,
         num_processes=num_processes,
-        per_device_batch_size=1 if packed else cfg.per_device_batch_size,
+        per_device_batch_size=per_device,
         grad_accum=cfg.grad_accum,
-        effective_batch=(1 if packed else cfg.per_device_batch_size) * num_processes * cfg.grad_accum,
+        effective_batch=per_device * num_processes * per_step,
         batches_per_rank_per_epoch=batches_per_rank(epoch_batches(0), num_processes),
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps_per_epoch * updates_per_step,
         epochs=epochs,
         total_steps=total,
         warmup_steps=min(warmup, total),
         batching=cfg.batching,
         max_tokens=cfg.max_tokens,
+        updates_per_step=updates_per_step,
     )
 
 

@@ -404,17 +404,34 @@ class Family:
         gradients when autograd records. Prompts are padded as ``prompt_padding()`` says, summaries
         on the right (their end token included, as sampled). With ``entropy``, also the entropy of
         the model's next-token distribution at each summary position (0 where masked)."""
-        logits = self._summary_logits(model, prompt_ids, prompt_mask, summary_ids, summary_mask)
-        logp = (logits.float() / temperature).log_softmax(-1)
+        scored = self.score_summaries(model, prompt_ids, prompt_mask, summary_ids, summary_mask, temperature, entropy)
+        return scored.logprobs, scored.entropy
+
+    def score_summaries(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, summary_ids: torch.Tensor,
+                        summary_mask: torch.Tensor, temperature: float = 1.0, entropy: bool = False,
+                        values: bool = False) -> SummaryScores:
+        """``summary_logprobs`` as named fields, and with ``values`` the value of the state before
+        each summary token (a policy with a value head, ``sumtune.rollout.WithValueHead``: its
+        output's ``values``, float32, 0 where masked)."""
+        out, positions = self._summary_forward(model, prompt_ids, prompt_mask, summary_ids, summary_mask)
+        logp = (out.logits[:, positions].float() / temperature).log_softmax(-1)
         mask = summary_mask.to(logp.dtype)
         picked = logp.gather(-1, summary_ids[..., None]).squeeze(-1) * mask
-        if not entropy:
-            return picked, None
-        return picked, -(logp.exp() * logp).sum(-1) * mask
+        spread = -(logp.exp() * logp).sum(-1) * mask if entropy else None
+        value = out.values[:, positions].float() * mask if values else None
+        return SummaryScores(picked, spread, value)
 
-    def _summary_logits(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> torch.Tensor:
-        """Logits [rows, summary positions, vocab], position t predicting ``summary_ids[:, t]``."""
+    def _summary_forward(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> tuple[object, slice]:
+        """(the model's output, the slice of its sequence positions that predict ``summary_ids``
+        one by one: logits [rows, that slice, vocab])."""
         raise NotImplementedError
+
+
+@dataclass
+class SummaryScores:
+    logprobs: torch.Tensor  # [rows, summary positions]
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

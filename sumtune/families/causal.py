@@ -134,7 +134,7 @@ class CausalFamily(Family):
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return sequences[:, input_ids.shape[1]:]
 
-    def _summary_logits(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> torch.Tensor:
+    def _summary_forward(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask):
         # One sequence per row: the prompt, padded on the LEFT (every prompt ends at the same
         # column, as in generation), then the summary, padded on the right. Position ids count
         # real tokens only, as generate counts them for left-padded prompts, so a row is scored as
@@ -144,8 +144,8 @@ class CausalFamily(Family):
         ids = torch.cat([prompt_ids, summary_ids], 1)
         mask = torch.cat([prompt_mask, summary_mask.to(prompt_mask.dtype)], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        return logits[:, prompt_ids.shape[1] - 1:-1]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out, slice(prompt_ids.shape[1] - 1, -1)
 
 
 def pack_causal(features: list[dict]) -> dict:

@@ -154,14 +154,14 @@ class Seq2SeqFamily(Family):
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return sequences[:, 1:]  # the decoder start token is not generated
 
-    def _summary_logits(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> torch.Tensor:
+    def _summary_forward(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask):
         # The prompt goes to the encoder (padded on the right, masked); the decoder reads the
         # summary shifted right behind its start token. Padding after a summary's end can only be
         # seen by later positions of the causal decoder, which are masked out.
         start = self._model_ids(unwrap(model))["decoder_start_token_id"]
         decoder_input_ids = torch.cat([summary_ids.new_full((summary_ids.shape[0], 1), start), summary_ids[:, :-1]], 1)
         return model(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_input_ids,
-                     use_cache=False).logits
+                     use_cache=False), slice(None)
 
 
 def pack_seq2seq(features: list[dict]) -> dict:

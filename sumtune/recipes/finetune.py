@@ -5,24 +5,23 @@ preemption, the optimizer step, the meter) is in ``sumtune.engine``."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
 
-from sumtune import batching, data, methods, models, tracking
+from sumtune import batching, data, methods, models
 from sumtune.config import RunConfig, TrainConfig
-from sumtune.distributed import check_deepspeed_config, deepspeed_stage, make_accelerator, world_size
+from sumtune.distributed import deepspeed_stage
 from sumtune.engine import (
+    Cadence,
     Meter,
     OptimizerStep,
     Position,
-    RunContext,
     StepPlan,
     TokenWeightedLoss,
     make_optimizer,
+    open_run,
     plan_steps,
     validation_loss,
 )
@@ -31,47 +30,21 @@ from sumtune.validation import RougeValidator
 
 
 def run(cfg: RunConfig) -> dict:
-    ctx = RunContext(cfg)  # output-dir and resume checks, before anything loads
-    check_deepspeed_config(cfg)
-    models.check_model_source(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    # The family (seq2seq or causal) is read from config.json: a model of neither fails here, before weights load.
-    family = models.model_family(cfg.model.name_or_path, cfg.model)
-    models.check_precision(family, os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
-    models.check_positions(cfg.model.name_or_path, cfg.data, family, cfg.model.trust_remote_code)
-    models.check_quantization(cfg.model.quantization, deepspeed_stage())
-    methods.check(cfg, family, deepspeed_stage())  # the support matrix: refused in one line, before weights load
-
-    def read_splits():
-        return (data.load_split(cfg.data, "train", cfg.data.max_train_examples),
-                data.load_split(cfg.data, "validation", cfg.data.max_eval_examples))
-
-    # Local files are read now, so a bad file or row is reported before minutes of model loading;
-    # hub datasets once the Accelerator exists, the main process first (it downloads).
-    splits = read_splits() if cfg.data.source == "local" else None
-
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.train.seed)
-    # The model is built before the Accelerator: under ZeRO-3 a model created after it loses
-    # FLAN-T5's untied lm_head (docs/ARCHITECTURE.md).
+    # The support matrix (sumtune.methods) is refused in one line, before weights load.
+    opened = open_run(cfg, checks=[lambda cfg, family: methods.check(cfg, family, deepspeed_stage())])
+    family, say = opened.family, opened.say
     tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code, family)
     base = models.load_model(cfg.model.name_or_path, cfg.train.dropout, cfg.model.quantization, cfg.model.trust_remote_code,
                              family, cfg.model.attn_implementation)
-    accelerator = make_accelerator(cfg, grad_accum=cfg.train.grad_accum)
-    say = lambda msg: tracking.say(accelerator, msg)  # noqa: E731
-
-    if splits is None:
-        with accelerator.main_process_first():
-            splits = read_splits()
-    (train_records, train_read), (val_records, val_read) = splits
+    accelerator = opened.accelerate()
+    (train_records, train_read), (val_records, val_read) = opened.splits
     train_feats, train_enc = data.encode_records(train_records, tokenizer, cfg.data, family)
     val_feats, val_enc = data.encode_records(val_records, tokenizer, cfg.data, family)
     say(f"train: {train_enc.describe()}; {train_read.skipped} bad rows skipped{train_read.describe_normalised()}")
     say(f"validation: {val_enc.describe()}; {val_read.skipped} bad rows skipped{val_read.describe_normalised()}")
     say(data.tokenizer_notes(tokenizer, cfg.data))
 
-    train_lengths = data.example_lengths(train_feats, family)
-    seam = batching.Batching(train_lengths, cfg.train, family, tokenizer)
+    seam = batching.Batching(data.example_lengths(train_feats, family), cfg.train, family, tokenizer)
     plan = plan_steps(len(train_feats), accelerator.num_processes, cfg.train, seam.epoch_batches)
     say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}")
     say(f"plan: {plan.describe()}")
@@ -102,42 +75,28 @@ def run(cfg: RunConfig) -> dict:
     penalty = methods.loss_penalty(model, cfg.model, accelerator)  # AdaLoRA's orthogonality term; else None
 
     validator = RougeValidator(accelerator, tokenizer, val_records, cfg, family) if cfg.train.rouge_every else None
+    ctx = opened.ctx
     start = ctx.begin(accelerator, extras={"validator": validator})  # resume, config, tracker, log, signals
     if accelerator.is_main_process:  # what the prompts really were: chat template, system message, date, separators
         (cfg.run_dir / data.PROMPT_EXAMPLE_FILE).write_text(
             data.render_example(data.prompt_encoder(family, tokenizer, cfg.data), family, tokenizer, train_records[0],
                                 cfg.data), encoding="utf-8")
-    started = time.perf_counter()
+    opened.begin_loop()
     metrics = fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan, cfg.train, ctx.log, family, validator,
                   checkpoint=ctx.checkpoint, start=start, generator=generator, preemption=ctx.preemption, hook=hook,
                   penalty=penalty)
-    if metrics.get("preempted"):
-        ctx.exit_preempted(metrics["step"], metrics["checkpoint"])  # exits with 75
-    if validator:
+    if validator and not metrics.get("preempted"):
         metrics.update(validator.summary())
         say(f"best {cfg.train.best_metric} {validator.best:.4f} at step {validator.best_step} -> {validator.best_dir}")
-    metrics.update(
-        family=family.name,
-        model_type=family.model_type,
-        method=cfg.model.method,
-        quantization=cfg.model.quantization,
-        base_model=cfg.model.name_or_path,
-        train_seconds=round(time.perf_counter() - started, 2),
-        trainable_parameters=trainable,
-        total_parameters=total,
-        num_processes=accelerator.num_processes,
-        world_size=world_size(),
-        truncated={"train": vars(train_enc), "validation": vars(val_enc)},
-    )
-    ctx.save(model, tokenizer, metrics)
-    tracking.set_summary(accelerator, {"final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss"),
-                                       **({k: v for k, v in metrics.items() if k.startswith("best_")})})
+    metrics.update(quantization=cfg.model.quantization, base_model=cfg.model.name_or_path,
+                   truncated={"train": vars(train_enc), "validation": vars(val_enc)})
     speed = metrics["throughput"]
-    say(f"training steps: {speed['real_tokens_per_s']:,.0f} real tokens/s, {speed['samples_per_s']:.1f} samples/s, "
-        f"{speed['real_token_share']:.1%} of token positions real")
-    say(f"saved {cfg.run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f})")
-    ctx.finish()  # several processes: exits here, after everything is saved
-    return metrics
+    return opened.close(model, tokenizer, metrics, trainable=trainable, total=total, summary={
+        "final_train_loss": metrics["train_loss"], "final_val_loss": metrics.get("val_loss"),
+        **({k: v for k, v in metrics.items() if k.startswith("best_")})}, lines=[
+        f"training steps: {speed['real_tokens_per_s']:,.0f} real tokens/s, {speed['samples_per_s']:.1f} samples/s, "
+        f"{speed['real_token_share']:.1%} of token positions real",
+        f"saved {cfg.run_dir} (train loss {metrics['train_loss']:.4f}, val loss {metrics.get('val_loss', float('nan')):.4f})"])
 
 
 def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPlan, cfg: TrainConfig, log: RunLog,
@@ -152,25 +111,31 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
     position)`` runs every ``cfg.checkpoint_every`` steps and at the end. ``start`` resumes from
     a checkpoint's position; ``generator`` is the training data's shuffling generator. When
     ``preemption`` (sumtune.preemption.Preemption) was signalled on any rank, the loop
-    checkpoints at the step boundary and returns with ``preempted`` set. ``hook(step)`` runs on
-    each optimizer step (engine.OptimizerStep); ``penalty()`` is added to each micro-batch's loss
-    (engine.TokenWeightedLoss).
+    checkpoints at the step boundary and returns with ``preempted`` set (engine.Cadence).
+    ``hook(step)`` runs on each optimizer step (engine.OptimizerStep); ``penalty()`` is added to
+    each micro-batch's loss (engine.TokenWeightedLoss).
     """
     from tqdm.auto import tqdm
 
     pos = start or Position()
-    bar = tqdm(total=plan.total_steps, initial=pos.step, disable=not accelerator.is_main_process, desc="train",
-               dynamic_ncols=True)
     step, epoch, skip, resume_generator = pos.step, pos.epoch, pos.batches_in_epoch, pos.generator_state
-    stopped_early = preempted = False
     loss = TokenWeightedLoss(accelerator, model, family, cfg.chunk_size if cfg.loss == "chunked" else 0, penalty)
     optimizer_step = OptimizerStep(accelerator, model, optimizer, scheduler, cfg.max_grad_norm, loss, hook)
     meter = Meter(accelerator, family, weighted=True)
     if pos.window:
         meter.restore(pos.window)
-    grad_norm, last = torch.tensor(0.0), {}
+    bar = tqdm(total=plan.total_steps, initial=step, disable=not accelerator.is_main_process, desc="train",
+               dynamic_ncols=True)
+    cadence = Cadence(accelerator, cfg, plan.total_steps, log, meter, model, validate, checkpoint, preemption,
+                      optimizer_step, bar)
+
+    def held_out(step: int) -> None:
+        if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
+            log.log({"val_loss": validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)}, step=step)
+
+    done = step >= plan.total_steps
     model.train()
-    while step < plan.total_steps and not (stopped_early or preempted):
+    while not done:
         if generator is not None:
             if resume_generator is not None:
                 generator.set_state(torch.tensor(resume_generator, dtype=torch.uint8))
@@ -188,39 +153,21 @@ def fit(accelerator, model, optimizer, scheduler, train_dl, val_dl, plan: StepPl
                 result = optimizer_step(batch, step)
                 meter.add(batch, *loss.last)
             assert result.stepped, "an accumulation window ended without an optimizer step"
-            step, grad_norm = step + 1, result.grad_norm
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == plan.total_steps:
-                last = {"epoch": round(step / plan.steps_per_epoch, 4), "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm), **meter.window()}
-                log.log(last, step=step)
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
-            with meter.aside():  # validation and checkpoints are not training time
-                if val_dl is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
-                    log.log({"val_loss": validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)}, step=step)
-                if validate and (step % cfg.rouge_every == 0 or step == plan.total_steps):
-                    scores, stop = validate(model, step)
-                    log.log(scores, step=step)
-                    if stop:
-                        accelerator.set_trigger()
-                    # A collective: every rank validates at the same steps, so every rank gets here.
-                    if accelerator.check_trigger():
-                        stopped_early = True
-            preempted = preemption is not None and preemption.agreed(accelerator)
-            if checkpoint and (preempted or cfg.checkpoint_every and (
-                    step % cfg.checkpoint_every == 0 or step == plan.total_steps or stopped_early)):
-                where = Position(step, epoch, batches_in_epoch, epoch_generator if generator is not None else None,
-                                 meter.carry())
-                with meter.aside():
-                    optimizer_step.last_checkpoint = checkpoint(step, asdict(where))
-            if step >= plan.total_steps or stopped_early or preempted:
+            step, grad_norm = step + 1, float(result.grad_norm)
+            done = cadence.after(step, lambda: {"epoch": round(step / plan.steps_per_epoch, 4),  # noqa: B023
+                                                "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,  # noqa: B023
+                                                **meter.window()},
+                                 lambda: Position(step, epoch, batches_in_epoch,  # noqa: B023
+                                                  epoch_generator if generator is not None else None,  # noqa: B023
+                                                  meter.carry()),
+                                 held_out)
+            if done:
                 break
         else:
             epoch += 1
-    bar.close()
-    final = {"step": step, "train_loss": last.get("loss"), "stopped_early": stopped_early, "throughput": meter.run()}
-    if preempted:
-        return {**final, "preempted": True, "checkpoint": optimizer_step.last_checkpoint}
+    final = {**cadence.result(step), "train_loss": cadence.last.get("loss")}
+    if cadence.preempted:
+        return final
     if val_dl is not None:
         final["val_loss"] = validation_loss(accelerator, model, val_dl, family, cfg.eval_max_batches)
         log.log({"val_loss": final["val_loss"]}, step=step)

@@ -1,6 +1,7 @@
-"""The RL recipe (train/detox.py) under real launches: two processes over DDP killed mid-run and resumed
-exactly (sampling RNG, KL coefficient, logging window and validation included), DeepSpeed ZeRO-2 on
-a decoder-only model with a frozen reference, and its one-line refusals."""
+"""The RL recipe (train/detox.py) under real launches, RLOO and PPO alike: two processes over DDP
+killed mid-run and resumed exactly (sampling RNG, KL coefficient, logging window, validation and
+PPO's value head and its optimizer state included), DeepSpeed ZeRO-2 on a decoder-only model with a
+frozen reference, and the one-line refusals."""
 
 import json
 import subprocess
@@ -57,13 +58,23 @@ def rl_args(demo, tmp: Path, name: str, start: str, *extra: str) -> list[str]:
     ]
 
 
-def test_two_processes_killed_mid_run_resume_exactly(detox_demo, tmp_path):
+# PPO: one sample per prompt is enough; two mini-batches per pass, two passes (the second shuffled).
+ALGORITHMS = {"rloo": (), "ppo": ("rl.algorithm=ppo", "rl.samples_per_prompt=1", "train.per_device_batch_size=4",
+                                  "rl.minibatches=2", "train.grad_accum=1", "rl.epochs=2")}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_two_processes_killed_mid_run_resume_exactly(detox_demo, tmp_path, algorithm):
     """The same steps, logged values and final weights as an uninterrupted run: the ranks' sampling
-    RNGs, the adaptive KL coefficient, the logging window and the optimizer all come back."""
-    straight = check(launch("train/detox.py", *rl_args(detox_demo, tmp_path, "straight", detox_demo["sft"])))
+    RNGs, the adaptive KL coefficient, the logging window and the optimizer (PPO: the value head and
+    its optimizer state) all come back."""
+    extra = ALGORITHMS[algorithm]
+    straight = check(launch("train/detox.py", *rl_args(detox_demo, tmp_path, "straight", detox_demo["sft"], *extra)))
     assert "adapter merged" in straight.stdout and "reference: the policy's adapter disabled" in straight.stdout
-    killed = rl_args(detox_demo, tmp_path, "killed", detox_demo["sft"])
-    run_into_fault(killed, "step:5", tmp_path / "pids", script="train/detox.py")
+    assert f"algorithm: {algorithm}" in straight.stdout
+    killed = rl_args(detox_demo, tmp_path, "killed", detox_demo["sft"], *extra)
+    updates = 4 if algorithm == "ppo" else 1  # optimizer steps per RL step: killed inside RL step 5
+    run_into_fault(killed, f"step:{4 * updates + 1}", tmp_path / "pids", script="train/detox.py")
     assert sorted(p.name for p in (tmp_path / "killed/checkpoints").iterdir()) == ["step-000002", "step-000004"]
     resumed = check(launch("train/detox.py", *killed, "resume=auto"))
     assert "resuming from" in resumed.stdout and "at step 4" in resumed.stdout
@@ -85,11 +96,16 @@ def test_two_processes_killed_mid_run_resume_exactly(detox_demo, tmp_path):
     assert [r["step"] for r in a if "samples" in r] == [3, 6] and [r["step"] for r in a if "val_rouge1" in r] == [0, 3, 6]
     assert {"score", "reward", "entropy", "length", "short_share", "no_eos_share", "advantage_mean", "advantage_std",
             "loss", "grad_norm"} <= set(steps[0])
+    if algorithm == "ppo":  # the value head learns: its loss is logged and falls from the zero head's first fit
+        assert {"value_loss", "value_clipped_share", "clipped_share"} <= set(steps[0])
+        assert steps[-1]["value_loss"] < steps[0]["value_loss"]
+        assert json.loads((tmp_path / "straight/metrics.json").read_text())["plan"]["total_steps"] == STEPS * 4
 
     from safetensors.torch import load_file
 
     wa, wb = load_file(tmp_path / "straight/model.safetensors"), load_file(tmp_path / "killed/model.safetensors")
     assert all((wa[k] - wb[k]).abs().max().item() <= 1e-6 for k in wa)
+    assert not any("value_head" in k for k in wa)  # the run folder holds the summariser alone
     metrics = json.loads((tmp_path / "straight/metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["num_processes"] == 2
     assert metrics["saved"].startswith("full model") and not (tmp_path / "straight/adapter_config.json").exists()
@@ -103,17 +119,20 @@ def test_two_processes_killed_mid_run_resume_exactly(detox_demo, tmp_path):
     assert any((trained[k] - start[k]).abs().max().item() > 1e-4 for k in start if k in trained)
 
 
-def test_zero2_trains_a_decoder_only_model_against_a_frozen_copy(detox_demo, tmp_path):
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_zero2_trains_a_decoder_only_model_against_a_frozen_copy(detox_demo, tmp_path, algorithm):
     """DeepSpeed ZeRO-2, two processes, full training of the decoder-only base (the reference a frozen
-    copy), two update passes per step (the second one clipped), W&B offline with the samples table."""
+    copy; PPO: with its value head), two update passes per step (the second one clipped), W&B offline
+    with the samples table."""
     args = rl_args(detox_demo, tmp_path, "zero2", detox_demo["causal"], "model.method=full", "train.max_steps=3",
                    "rl.epochs=2", "train.lr=1e-3", "tracker.backend=wandb", "tracker.mode=offline", "train.rouge_every=0",
-                   "train.checkpoint_every=0")
+                   "train.checkpoint_every=0", f"rl.algorithm={algorithm}")
     proc = check(launch("train/detox.py", *args, config="deepspeed_zero2.yaml", launcher_args=DEEPSPEED_ON_CPU))
     assert "reference: a frozen copy" in proc.stdout and "DEEPSPEED" in proc.stdout
     log = [r for r in read_jsonl(tmp_path / "zero2/train_log.jsonl") if "kl" in r]
     assert [r["step"] for r in log] == [1, 2, 3] and log[0]["kl"] == 0.0
     assert all("clipped_share" in r for r in log)
+    assert all(("value_loss" in r) == (algorithm == "ppo") for r in log)
     metrics = json.loads((tmp_path / "zero2/metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["saved"] == "full model" and metrics["plan"]["total_steps"] == 6
     offline = next((tmp_path / "zero2/wandb").glob("offline-run-*"))

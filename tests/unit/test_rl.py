@@ -100,11 +100,13 @@ def test_step_prompts_cover_each_epoch_once_split_over_ranks_and_depend_on_the_s
 
 def test_plan_counts_rl_steps_and_optimizer_steps():
     cfg = load_config(None, ["train.per_device_batch_size=4", "train.max_steps=10", "rl.epochs=2", "train.warmup_ratio=0.1"])
-    plan, steps = detox.rl_plan(100, 2, cfg)
-    assert steps == 10 and plan.total_steps == 20 and plan.warmup_steps == 2 and plan.effective_batch == 8
-    cfg = load_config(None, ["train.per_device_batch_size=4", "train.epochs=2"])
-    plan, steps = detox.rl_plan(100, 2, cfg)
-    assert steps == 2 * (100 // 8)
+    plan = detox.rl_plan(100, 2, cfg)
+    assert plan.loop_steps == 10 and plan.total_steps == 20 and plan.warmup_steps == 2 and plan.effective_batch == 8
+    assert plan.batches_per_rank_per_epoch == 100 // 8 and plan.steps_per_epoch == 2 * (100 // 8)
+    cfg = load_config(None, ["train.per_device_batch_size=4", "train.epochs=2", "rl.epochs=3", "rl.minibatches=2",
+                             "rl.samples_per_prompt=4"])
+    plan = detox.rl_plan(100, 2, cfg)
+    assert plan.loop_steps == 2 * (100 // 8) and plan.total_steps == 6 * plan.loop_steps
     with pytest.raises(ConfigError, match="the train split has 5"):
         detox.rl_plan(5, 2, cfg)
 
@@ -121,19 +123,43 @@ def test_recipe_config_errors_are_one_line():
         detox.check_config(load_config(None, ["model.method=ia3"]))
     with pytest.raises(ConfigError, match="model.lora.init': pissa rewrites the base weights"):
         detox.check_config(load_config(None, ["model.method=lora", "model.lora.init=pissa"]))
-    with pytest.raises(ConfigError, match="rl.samples_per_prompt': must be >= 2"):
+    with pytest.raises(ConfigError, match="rl.samples_per_prompt': must be >= 2 with rl.algorithm=rloo"):
         load_config(None, ["rl.samples_per_prompt=1"])
+    load_config(None, ["rl.samples_per_prompt=1", "rl.algorithm=ppo"])  # PPO needs no second sample
+    with pytest.raises(ConfigError) as err:  # 2 prompts x 3 samples cannot be cut into 2 mini-batches x 2 micro-batches
+        detox.check_config(load_config(None, ["train.per_device_batch_size=2", "rl.samples_per_prompt=3",
+                                              "train.grad_accum=2", "rl.minibatches=2"]))
+    assert "rl.minibatches=2 must divide the summaries" in str(err.value)
+    for bad, message in (("rl.gamma=1.5", "rl.gamma': must be in [0, 1]"), ("rl.lam=-0.1", "rl.lam': must be in [0, 1]"),
+                         ("rl.value_coef=0", "rl.value_coef': must be > 0"), ("rl.minibatches=0", "rl.minibatches'"),
+                         ("rl.algorithm=a2c", "rl.algorithm")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_config(None, ["rl.algorithm=ppo", bad])
     with pytest.raises(ConfigError, match="unknown config key 'rl.top_k'"):
         load_config(None, ["rl.top_k=50"])
 
 
-def test_window_means_and_state_round_trip():
-    w = detox.Window()
-    w.add({"kl": 1.0, "score": 2.0})
-    w.add({"kl": 3.0, "score": 0.0})
-    other = detox.Window()
-    other.restore(w.state())
-    assert other.close() == w.close() == {"kl": 2.0, "score": 1.0}
+def test_the_meter_logs_the_means_of_named_statistics_and_carries_them():
+    """The RL recipe's per-step statistics go through the engine's meter: the window logs each one's
+    mean over its steps, and a checkpoint's carried window brings them back."""
+    from accelerate import Accelerator
+
+    from sumtune.engine import Meter
+    from sumtune.rollout import RolloutTokens
+
+    acc = Accelerator(cpu=True)
+    batch = {"attention_mask": torch.ones(2, 3), "summary_mask": torch.ones(2, 2), "input_ids": torch.ones(2, 3)}
+    meter = Meter(acc, RolloutTokens())
+    meter.add(batch, torch.tensor(1.0))
+    meter.stats({"kl": 1.0, "score": 2.0})
+    meter.stats({"kl": 3.0, "score": 0.0})
+    carried = meter.carry()
+    other = Meter(acc, RolloutTokens())
+    other.restore(carried)
+    a, b = meter.window(), other.window()
+    assert a["kl"] == b["kl"] == 2.0 and a["score"] == b["score"] == 1.0 and a["loss"] == b["loss"] == 1.0
+    meter.stats({"kl": 5.0})
+    assert meter.window()["kl"] == 5.0 and "score" not in meter.window()  # a new window starts empty
 
 
 def test_a_start_adapter_that_cannot_be_merged_is_refused(tmp_path):
@@ -143,3 +169,55 @@ def test_a_start_adapter_that_cannot_be_merged_is_refused(tmp_path):
         detox.check_config(load_config(None, [f"model.name_or_path={tmp_path}", "model.method=lora"]))
     (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     detox.check_config(load_config(None, [f"model.name_or_path={tmp_path}", "model.method=lora"]))
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+def test_token_rewards_put_the_score_on_the_last_token_and_the_kl_on_every_token():
+    logp, ref = torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[-1.5, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    rewards = rl.token_rewards(logp, ref, mask, torch.tensor([2.0]), kl_coef=0.1)
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 2.0, 0.0]]))
+    # A row's rewards sum to RLOO's reward: score - kl_coef x the summed log-ratio.
+    assert rewards.sum().item() == pytest.approx(2.0 - 0.1 * rl.sequence_kl(logp, ref, mask).item())
+
+
+def test_gae_by_hand_and_padding_values_do_not_leak():
+    # Row 1, gamma 1, lambda 0.5: deltas 0.6, 0.2, -0.3 from the end; A = 0.6, 0.2 + 0.5 x 0.6, -0.3 + 0.5 x 0.5.
+    # Row 2, gamma 0.9, lambda 1 (Monte Carlo): returns 1 + 0.9 x 2 = 2.8 and 2; its padded value 9 must not count.
+    adv, ret = rl.gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.2, 0.4]]), torch.ones(1, 3), 1.0, 0.5)
+    assert torch.allclose(adv, torch.tensor([[-0.05, 0.5, 0.6]])) and torch.allclose(ret, torch.tensor([[0.45, 0.7, 1.0]]))
+    adv, ret = rl.gae(torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[1.0, 1.0, 9.0]]), torch.tensor([[1, 1, 0]]), 0.9, 1.0)
+    assert torch.allclose(adv, torch.tensor([[1.8, 1.0, 0.0]])) and torch.allclose(ret, torch.tensor([[2.8, 2.0, 0.0]]))
+
+
+def test_whitening_over_masked_tokens_and_over_ranks():
+    x, mask = torch.tensor([[1.0, 2.0, 3.0], [4.0, 7.0, 7.0]]), torch.tensor([[1, 1, 1], [1, 0, 0]])
+    out = rl.whiten(x, mask)
+    expected = (torch.tensor([1.0, 2.0, 3.0, 4.0]) - 2.5) / math.sqrt(5 / 3)
+    assert torch.allclose(out[mask.bool()], expected, atol=1e-6) and (out[~mask.bool()] == 0).all()
+    # Two ranks holding one row each whiten as one rank holding both (reduce sums their totals).
+    def totals(v, m):
+        m = m.float()
+        return torch.stack([(v * m).sum(), (v.square() * m).sum(), m.sum()])
+
+    other = totals(x[1:], mask[1:])
+    first = rl.whiten(x[:1], mask[:1], reduce=lambda t: t + other)
+    assert torch.allclose(first, out[:1], atol=1e-6)
+
+
+def test_clipped_value_loss_by_hand():
+    # Token 1: unclipped (1 - 2)^2 = 1, clipped (0.5 + 0.2 - 2)^2 = 1.69 -> 0.845; token 2: 0.5 x (0 - 1)^2 = 0.5.
+    loss, share = rl.value_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 1.0]]),
+                                torch.ones(1, 2), clip=0.2)
+    assert loss.item() == pytest.approx((0.845 + 0.5) / 2) and share.item() == pytest.approx(0.5)
+
+
+def test_per_token_advantages_give_the_token_mean_surrogate():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]], requires_grad=True)
+    adv, mask = torch.tensor([[1.0, -2.0], [3.0, 5.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, clipped = rl.policy_loss(logp, logp.detach(), mask, adv, clip=0.2)
+    assert loss.item() == pytest.approx(-(1 - 2 + 3) / 3) and clipped.item() == 0.0
+    loss.backward()  # on-policy: d loss / d logp = -A / tokens on real tokens, nothing through padding
+    assert torch.allclose(logp.grad, torch.tensor([[-1 / 3, 2 / 3], [-1.0, 0.0]]))
