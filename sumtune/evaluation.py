@@ -1,13 +1,13 @@
 """Evaluation: candidates -> predictions -> ROUGE -> comparison tables (files and W&B).
 
 A candidate is ``NAME=PATH[,shots=K][,template=T]``: a run folder written by training (an adapter
-of any method, or a full model, prompted with the template it was trained with), or a base model (folder
-or hub id) prompted zero-shot, or with K examples from the TRAIN split (few-shot).
+of any method, or a full model, prompted with the template it was trained with) or a merged export
+(``sumtune.runs.RunFolder`` reads them), or a base model (folder or hub id) prompted zero-shot, or
+with K examples from the TRAIN split (few-shot).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from sumtune import checkpoints, compare, data, families, methods, models, rouge, tracking
-from sumtune.checkpoints import CONFIG_FILE
+from sumtune import compare, data, families, models, rouge, tracking
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
-from sumtune.prompts import TEMPLATES, resolve_template
+from sumtune.prompts import TEMPLATES
+from sumtune.runs import RunFolder, training_group
 
 
 @dataclass
@@ -32,16 +31,8 @@ class Candidate:
     template: str | None = None
 
     @property
-    def folder(self) -> Path:
-        return Path(self.path)
-
-    @property
-    def kind(self) -> str:
-        if (self.folder / "adapter_config.json").is_file():
-            return "adapter"
-        if (self.folder / CONFIG_FILE).is_file():
-            return "full"
-        return "base"
+    def run(self) -> RunFolder:
+        return RunFolder(self.path, key=f"candidate {self.name}")
 
 
 def parse_candidate(spec: str) -> Candidate:
@@ -65,54 +56,21 @@ def parse_candidate(spec: str) -> Candidate:
     return cand
 
 
-def trained_config(folder: Path) -> dict:
-    """The resolved config a run folder was trained with ({} for a plain model folder)."""
-    cfg_file = folder / CONFIG_FILE
-    return (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.is_file() else {}
-
-
 def load_candidate(cand: Candidate, cfg: RunConfig):
     """(model, tokenizer, prompt encoder settings) for one candidate: the model, its tokenizer
     (prepared for its family) and the ``DataConfig`` its prompts are built with. The template: the
     candidate's own option, else the one its run folder was trained with, else the config's; the
-    chat-template choice and the family likewise come from the run folder when it has them."""
-    trained = trained_config(cand.folder)
-    saved_data, saved_model = trained.get("data", {}), trained.get("model", {})
-    template = cand.template or saved_data.get("template") or cfg.data.template
-    # A run folder is prompted as it was trained: its chat template choice, system message, pinned
-    # date and turn separator (folders from before these settings existed: their behaviour then).
-    prompting = {}
-    for key in ("chat_template", "system_prompt", "chat_date", "turn_separator"):
-        if key in saved_data:
-            prompting[key] = saved_data[key]
-        elif saved_data:
-            prompting[key] = checkpoints.KEYS_ADDED_LATER.get(f"data.{key}", getattr(cfg.data, key))
-        else:
-            prompting[key] = getattr(cfg.data, key)
-    prompts = dataclasses.replace(cfg.data, template=resolve_template(template), **prompting)
-    trust = cfg.model.trust_remote_code
-    family = families.resolve(cand.path, saved_model.get("family", "auto"), trust, key=f"candidate {cand.name}")
-    if cand.kind == "adapter":
-        # An adapter trained on an 8/4-bit base is evaluated on the base it was trained with.
-        quantization = saved_model.get("quantization", "none")
-        model = models.load_adapter(cand.folder, saved_model.get("name_or_path"), quantization, trust)
-        base = model.peft_config["default"].base_model_name_or_path
-        tokenizer = models.load_tokenizer(cand.path if (cand.folder / "tokenizer_config.json").is_file() else base, trust,
-                                          family)
-    else:
-        model = models.load_model(cand.path, trust_remote_code=trust, family=family)
-        tokenizer = models.load_tokenizer(cand.path, trust, family)
-    return model, tokenizer, prompts
+    other prompt settings and the family likewise come from the run folder when it has them, and
+    an adapter trained on an 8/4-bit base is evaluated on the base it was trained with."""
+    run = cand.run
+    model, tokenizer = run.load(cfg.model.trust_remote_code)
+    return model, tokenizer, run.prompting(cfg.data, cand.template)
 
 
 def trained_group(candidates: list[Candidate]) -> str | None:
     """The W&B group of the first trained candidate (its tracker.group, else its run name), so
     that an evaluation sits beside the training run it scores."""
-    for cand in candidates:
-        trained = trained_config(cand.folder)
-        if trained:
-            return trained.get("tracker", {}).get("group") or trained.get("run_name")
-    return None
+    return training_group(c.path for c in candidates)
 
 
 def draw_shots(train_records: list[dict], k: int, seed: int) -> list[dict]:
@@ -185,9 +143,8 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             "summaries_per_second": round(len(examples) / seconds, 3),
             "generation_seconds": round(seconds, 3),
             "candidate": cand.path,
-            "kind": cand.kind,
-            "method": methods.of_adapter(cand.folder).name if cand.kind == "adapter" else (
-                trained_config(cand.folder).get("model", {}).get("method", "full") if cand.kind == "full" else "none"),
+            "kind": cand.run.kind,
+            "method": cand.run.method,
             "split": cfg.eval.split,
             "family": family.name,
             "model_type": family.model_type,

@@ -22,32 +22,24 @@ from pathlib import Path
 
 import torch
 
-from sumtune import families, methods, models
+from sumtune import families, methods
 from sumtune.checkpoints import CONFIG_FILE, swap_in
-from sumtune.config import dump_yaml, from_dict
+from sumtune.config import dump_yaml
 from sumtune.errors import SumtuneError
+from sumtune.runs import EXPORT_FILE, RunFolder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _trained_config(run_dir: Path) -> dict:
-    import yaml
-
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise SumtuneError(f"{run_dir}: no {CONFIG_FILE}; export takes a run folder written by train/finetune.py "
-                           "(its top level, final/ or best/)")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-
-
 def check_exportable(run_dir: Path) -> methods.Method:
     """The adapter's method, or one line saying why ``run_dir`` cannot be merged."""
-    if not (run_dir / "adapter_config.json").is_file():
+    run = RunFolder(run_dir)
+    if not run_dir.is_dir() or run.kind != "adapter":
         if (run_dir / "config.json").is_file():
             raise SumtuneError(f"{run_dir} holds a full model already (no adapter to merge); use the folder as it is")
         raise SumtuneError(f"{run_dir}: no adapter_config.json; pass a run folder of an adapter method (its top level, "
                            "final/ or best/)")
-    method = methods.of_adapter(run_dir)
+    method = run.adapter_method()
     if not method.mergeable:
         raise SumtuneError(f"{run_dir}: a {method.name} adapter cannot be merged: {method.summary} change no weight of "
                            "the base; use the run folder itself (evaluation, eval/summarize.py and "
@@ -66,16 +58,15 @@ def export(run_dir: Path, out: Path, dtype: str = "float32", overwrite: bool = F
         raise SumtuneError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise SumtuneError(f"--out {out} lies inside the run folder {run_dir}; write the merged model elsewhere")
-    trained = _trained_config(run_dir)
-    cfg = from_dict(trained)
-    quantization = cfg.model.quantization
-    trust = cfg.model.trust_remote_code
+    run = RunFolder(run_dir)
+    cfg = run.config
+    if cfg is None:
+        raise SumtuneError(f"{run_dir}: no {CONFIG_FILE}; export takes a run folder written by train/finetune.py "
+                           "(its top level, final/ or best/)")
+    quantization = run.quantization
     # Always the full-precision base: a quantized base cannot take the merged weights exactly.
-    model = models.load_adapter(run_dir, cfg.model.name_or_path, "none", trust)
-    base_name = model.peft_config["default"].base_model_name_or_path
+    model, tokenizer = run.load(cfg.model.trust_remote_code, quantization="none")
     family = families.of_model(model)
-    tokenizer_from = run_dir if (run_dir / "tokenizer_config.json").is_file() else base_name
-    tokenizer = models.load_tokenizer(str(tokenizer_from), trust, family)
     model = model.float()
     merged = model.merge_and_unload()
     merged.generation_config = family.generation_settings(merged, tokenizer, cfg.generation)
@@ -92,13 +83,13 @@ def export(run_dir: Path, out: Path, dtype: str = "float32", overwrite: bool = F
                                                                 quantization="none"))
     (tmp / CONFIG_FILE).write_text(dump_yaml(as_full), encoding="utf-8")
     info = {
-        "source": str(run_dir), "method": method.name, "base_model": base_name, "dtype": dtype,
+        "source": str(run_dir), "method": method.name, "base_model": run.base_model, "dtype": dtype,
         "trained_quantization": quantization,
         "note": (f"the adapter was trained on a {quantization} base and is merged into the full-precision base: this "
                  "model computes base + adapter without the quantization error seen in training"
                  if quantization != "none" else "base + adapter, merged"),
     }
-    (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (tmp / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if out.exists():
         swap_in(tmp, out)
     else:

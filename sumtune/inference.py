@@ -6,19 +6,17 @@ import json
 from pathlib import Path
 
 from sumtune import families, models
-from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
 from sumtune.data import iter_jsonl, normalise_text, prompt_encoder
 from sumtune.errors import DataError, SumtuneError
-from sumtune.evaluation import Candidate, load_candidate
+from sumtune.runs import RunFolder
 
 CHUNK = 256  # dialogues generated (length-sorted) and written per round
 
 
 def summarizer_config(model: str, config: str | None, overrides: list[str]) -> RunConfig:
     """The run folder's own config (template, lengths, generation) unless --config is given."""
-    saved = Path(model) / CONFIG_FILE
-    return load_config(config or (saved if saved.is_file() else None), overrides)
+    return load_config(config or RunFolder(model).config_file, overrides)
 
 
 class Summarizer:
@@ -28,9 +26,10 @@ class Summarizer:
 
         self.cfg = cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        self.model, self.tok, prompts = load_candidate(Candidate("model", model_path), cfg)
+        run = RunFolder(model_path, key="--model")
+        self.model, self.tok = run.load(cfg.model.trust_remote_code)
         models.to_device(self.model, self.acc.device)
-        self.encoder = prompt_encoder(families.of_model(self.model), self.tok, prompts)
+        self.encoder = prompt_encoder(families.of_model(self.model), self.tok, run.prompting(cfg.data))
 
     def __call__(self, dialogues: list[str]) -> list[str]:
         from sumtune.generation import generate

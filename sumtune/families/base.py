@@ -35,16 +35,20 @@ def check_model_source(name_or_path: str, key: str = "model.name_or_path", trust
             if auto_map:
                 raise remote_code_refused(ValueError("trust_remote_code"), name_or_path)
         return
-    # "outputs/run-typo" is a hub id in form; with a local outputs/ folder it is a path that does not exist.
-    looks_local = (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-                   or (name_or_path.count("/") == 1 and path.parent.is_dir()))
-    if looks_local:
+    if looks_local(name_or_path):
         raise ModelError(f"{key}: {name_or_path} does not exist")
     if _hub_offline() and not in_hub_cache(name_or_path):
         raise ModelError(
             f"{key}: '{name_or_path}' is not a local folder, nor in the Hugging Face cache, and HF_HUB_OFFLINE is "
             "set; download it first (on a node with network access, into the same HF_HOME) or give a local path"
         )
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a name that is not on disk was meant as a local path. "outputs/run-typo" is a hub id
+    in form; with a local outputs/ folder it is a path that does not exist."""
+    return (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+            or (name_or_path.count("/") == 1 and Path(name_or_path).parent.is_dir()))
 
 
 def in_hub_cache(repo_id: str) -> bool:

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from sumtune import data, evaluation, models, rouge, tracking
+from sumtune import data, models, rouge, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
 from sumtune.errors import SumtuneError
 from sumtune.prompts import format_prompt
 from sumtune.report import curves, embeddings, scores, weights
 from sumtune.report.page import Section, Table, render
+from sumtune.runs import RunFolder, training_group
 
 PAGE = "report.html"
 MANIFEST = "report.json"
@@ -26,7 +27,7 @@ def kind_of(folder: Path) -> str:
     """'run' (a training run folder), 'eval' (an eval/evaluate.py --out folder), or one line why not."""
     if not folder.is_dir():
         raise SumtuneError(f"{folder}: no such folder; give training run folders or evaluation folders")
-    if (folder / CONFIG_FILE).is_file():
+    if RunFolder(folder).config_file:
         return "run"
     if (folder / "comparison_ci.csv").is_file():
         return "eval"
@@ -91,18 +92,18 @@ def _token_frequency(cfg: RunConfig, tokenizer, vocab: int, notes: list[str]):
 
 def inspect_run(folder: Path, name: str, out: Path) -> tuple[Section, dict]:
     """Weight and embedding changes of one run folder (its saved model against its base)."""
-    cfg = load_config(folder / CONFIG_FILE)
-    section = Section(f"run {name}", f"{folder}: {cfg.model.method} fine-tuning of {cfg.model.name_or_path}.")
-    summary: dict = {"folder": str(folder), "base": cfg.model.name_or_path}
-    candidate = evaluation.Candidate(name, str(folder))
-    if candidate.kind == "adapter":
-        kind = "adapter"
-    elif (folder / "config.json").is_file():
-        kind = "full"
-    else:
+    run = RunFolder(folder)
+    cfg = run.config
+    # A merged export's config names the export itself: its base and method are in export.json.
+    what = (f"a merged {run.export_info.get('method')} adapter on" if run.kind == "merged"
+            else f"{cfg.model.method} fine-tuning of")
+    section = Section(f"run {name}", f"{folder}: {what} {run.base_model}.")
+    summary: dict = {"folder": str(folder), "base": run.base_model}
+    if not run.has_model:
         section.notes.append("no saved model in this folder (an unfinished run?): only its training curves are shown")
         return section, summary
-    model, tokenizer, _ = evaluation.load_candidate(candidate, cfg)
+    kind = "adapter" if run.kind == "adapter" else "full"
+    model, tokenizer = run.load(cfg.model.trust_remote_code)
     model.eval()
     rank = None
     if kind == "adapter":
@@ -117,9 +118,8 @@ def inspect_run(folder: Path, name: str, out: Path) -> tuple[Section, dict]:
             after = before
         base_model = None
     else:
-        family = models.model_family(cfg.model.name_or_path, cfg.model)
-        base_model = models.load_model(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code,
-                                       family=family)
+        family = models.model_family(run.base_model, cfg.model)
+        base_model = models.load_model(run.base_model, trust_remote_code=cfg.model.trust_remote_code, family=family)
         matrices, notes = weights.full_changes(base_model, model)
         section.notes += notes
         summary["method"] = "full"
@@ -209,14 +209,14 @@ def inspect_eval(folder: Path, name: str, out: Path) -> tuple[Section, dict]:
 def _tracker_config(folders: list[Path], kinds: list[str], overrides: list[str]) -> tuple[RunConfig, str]:
     """The first run's own config (its W&B project and group) with the command line's overrides."""
     runs = [f for f, k in zip(folders, kinds) if k == "run"]
-    cfg = load_config(runs[0] / CONFIG_FILE if runs else None, overrides)
+    cfg = load_config(RunFolder(runs[0]).config_file if runs else None, overrides)
     group = cfg.tracker.group or (cfg.run_name if runs else None)
     if group is None:  # evaluations only: the group of the first trained candidate they scored
         paths = []
         for folder in folders:
             for metrics in sorted(folder.glob("*/metrics.json")):
                 paths.append(json.loads(metrics.read_text(encoding="utf-8")).get("candidate", ""))
-        group = evaluation.trained_group([evaluation.Candidate("c", p) for p in paths if p]) or "inspect"
+        group = training_group(p for p in paths if p) or "inspect"
     return cfg, group
 
 

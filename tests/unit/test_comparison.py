@@ -96,7 +96,7 @@ def test_report_shows_worst_and_best_and_lengths():
 
 def test_candidate_specs():
     c = parse_candidate("lora=outputs/run")
-    assert (c.name, c.path, c.kind, c.shots) == ("lora", "outputs/run", "base", 0)
+    assert (c.name, c.path, c.shots, c.template) == ("lora", "outputs/run", 0, None)
     few = parse_candidate("few=demo/model,shots=3,template=brief")
     assert (few.shots, few.template) == (3, "brief")
     for bad in ["outputs/run", "=x", "a b=x", "a=x,shots=two", "a=x,temp=seed"]:

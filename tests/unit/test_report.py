@@ -284,3 +284,16 @@ def test_layer_and_module_come_from_the_name_alone():
     values, rows, cols, prefix = grid(llama + [MatrixChange("lm_head", "", "lm_head", 4, 4, 9.0, 1.0)], lambda m: m.delta_norm)
     assert (rows, cols, prefix, values) == (["0", "1"], ["self_attn.q_proj", "mlp.down_proj"], "model.layers",
                                             [[1.0, 1.0], [2.0, 2.0]])
+
+
+def test_a_merged_export_is_compared_with_the_base_it_was_merged_into(folders, tmp_path):
+    from sumtune.export import export
+    from sumtune.report.build import inspect_run
+
+    merged = tmp_path / "merged"
+    export(folders["lora"], merged)  # its config names the export itself as the model
+    section, summary = inspect_run(merged, "merged", tmp_path / "out")
+    assert summary["base"] == str(folders["base"]) and summary["method"] == "full"
+    assert section.intro == f"{merged}: a merged lora adapter on {folders['base']}."
+    # Against the base, the LoRA update shows; against itself every change would be 0.
+    assert summary["max_relative_change"] > 1e-3
