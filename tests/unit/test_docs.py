@@ -9,7 +9,8 @@ a rule of the Makefile; each project path given in a command or in inline code (
 sumtune_demo ...``, an sbatch script that passes its arguments on to one) is an option of that
 script's parser; and each dotted config override (``train.lr=3e-4`` after a script, or alone in
 inline code as ``train.lr=3e-4`` or ``train.batching: grouped``) is a key of the typed config
-(sumtune/config.py) with a value of its type.
+(sumtune/config.py) with a value of its type, and so is each key that starts a table row (the
+config reference in docs/configuration.md).
 
 The scripts are not imported (they pull in torch and transformers): their option strings are read
 from the ``add_argument`` calls in their source, plus those of ``sumtune.cli.config_parser`` for the
@@ -348,6 +349,19 @@ def command_line_problems(words: list[str]) -> list[str]:
     return problems
 
 
+_TABLE_KEY = re.compile(r"^\|\s*`([a-z_]+(?:\.[a-z_0-9]+)+)`\s*\|")
+
+
+def table_key_problems(page: Path) -> list[str]:
+    """A table row whose first cell is a dotted name in code (the config reference's rows) names a
+    key of the typed config."""
+    sections = {name for name, tp in typing.get_type_hints(config.RunConfig).items() if dataclasses.is_dataclass(tp)}
+    prose, _ = read_page(page)
+    return [f"{rel(page)}:{number}: `{match.group(1)}`: {err}" for number, line in prose
+            if (match := _TABLE_KEY.match(line)) and match.group(1).split(".")[0] in sections
+            and (err := key_problem(match.group(1)))]
+
+
 def rel(path: Path) -> str:
     try:
         return str(path.relative_to(REPO))
@@ -366,7 +380,7 @@ def test_links_resolve(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_commands_paths_flags_and_config_keys_exist(page):
-    problems = command_problems(page)
+    problems = command_problems(page) + table_key_problems(page)
     assert not problems, "commands in the docs that would not run as written:\n" + "\n".join(problems)
 
 
@@ -406,7 +420,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
         "[anchor](docs/other.md#nope) ![img](docs/nope.png) [out](../elsewhere.md)\n\n"
         "`make demo` `make nosuchtarget` `train/nosuch.py` `configs/train/nosuch.yaml` "
         "`unit/test_data.py::test_no_such_test` `train.lr=3e-4` `train.learnig_rate=1` "
-        "`train.batching: packd`\n\n"
+        "`train.batching: packd`\n\n| key | default |\n|---|---|\n| `train.lr` | 3e-4 |\n| `train.nope` | 1 |\n\n"
         "```bash\n"
         "accelerate launch --config_file x.yaml train/finetune.py \\\n"
         "    --config configs/train/demo_lora.yaml train.epochs=2 model.lora.rank=4 --no-such-flag\n"
@@ -417,7 +431,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
     for fn in (make_targets, script_options, anchors):
         fn.cache_clear()
     try:
-        found = "\n".join(link_problems(page) + command_problems(page))
+        found = "\n".join(link_problems(page) + command_problems(page) + table_key_problems(page))
     finally:
         for fn in (make_targets, script_options, anchors):
             fn.cache_clear()
@@ -427,7 +441,8 @@ def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
                 "configs/train/nosuch.yaml does not exist", "has no test test_no_such_test",
                 "unknown config key 'train.learnig_rate'", "'packd' is not one of",
                 "unknown config key 'model.lora.rank'", "train/finetune.py has no option --no-such-flag",
-                "eval/evaluate.py has no option --outt", "sumtune_demo has no option --toxicity"]
+                "eval/evaluate.py has no option --outt", "sumtune_demo has no option --toxicity",
+                "`train.nope`: unknown config key 'train.nope'"]
     for text in expected:
         assert text in found, f"the checker missed: {text}\nit found:\n{found}"
     assert len(found.splitlines()) == len(expected), found
