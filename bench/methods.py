@@ -129,8 +129,8 @@ def report(results: dict) -> str:
                      f"{cell(v, 'rouge1')} | {cell(v, 'rougeLsum')} | {cell(t, 'rouge1')} | {cell(t, 'rougeLsum')} |")
     lines += ["", "Settings: each method's defaults in sumtune/config.py (LoRA and DoRA r 16, alpha 32, T5's q, k, v, o, "
               "wi_0, wi_1, wo; AdaLoRA 12 -> 8; LoHa/LoKr r 8; VeRA r 256; prompt tuning 20 virtual tokens from the "
-              "instruction's text), with the overrides in methods_results.json. Prefix tuning is refused (see the README's "
-              "support matrix)."]
+              "instruction's text), with the overrides in methods_results.json. Prefix tuning is refused (see the support "
+              "matrix in docs/models-and-methods.md)."]
     return "\n".join(lines) + "\n"
 
 

@@ -144,7 +144,7 @@ class ModelConfig:
     # "auto": read from the model's config.json (encoder-decoder -> seq2seq, decoder-only -> causal).
     family: Literal["auto", "seq2seq", "causal"] = "auto"
     # full: every weight; the others train a small adapter on a frozen base (see the sections below
-    # and the support matrix in the README).
+    # and the support matrix in docs/models-and-methods.md).
     method: Literal["full", "lora", "dora", "adalora", "ia3", "loha", "lokr", "vera", "prompt", "prefix"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)

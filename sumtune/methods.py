@@ -3,7 +3,7 @@
 An entry says how its typed settings (``model.<section>`` in the run config) become a peft config
 for a model family, whether it needs a call on every optimizer step (AdaLoRA's budget), whether its
 adapter can be merged into the base, and which combinations it refuses, in one line, before any
-weight loads (the support matrix in the README is this table's ``refusal`` functions, each with a
+weight loads (the support matrix in docs/models-and-methods.md is this table's ``refusal`` functions, each with a
 test):
 
     methods.check(cfg, family, zero_stage)                        # at start-up: refuse what cannot work

@@ -65,7 +65,7 @@ def figure(logs: dict[str, dict[str, list[tuple[int, float]]]], path: Path):
         ax.grid(alpha=0.3)
         if not drawn:
             names = " or ".join(k for k, _ in keys)
-            ax.text(0.5, 0.5, f"no {names} in the log\n(see README: train.rouge_every)" if "rouge" in names
+            ax.text(0.5, 0.5, f"no {names} in the log\n(see docs/training.md: train.rouge_every)" if "rouge" in names
                     else f"no {names} in the log", ha="center", va="center", transform=ax.transAxes, color="grey")
             continue
         if log_scale:

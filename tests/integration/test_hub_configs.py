@@ -1,7 +1,7 @@
 """Every shipped training config whose model's tokenizer is among the test fixtures trains 2 steps
 and evaluates offline, by its hub ids: model.name_or_path and data.source are NOT overridden.
 
-As the README tells SLURM users: a Hugging Face cache filled beforehand (here laid out as a
+As docs/scale-out.md tells SLURM users: a Hugging Face cache filled beforehand (here laid out as a
 download leaves it: the published tokenizer files, a tiny random model of the published config's
 class, the hub dataset's files, columns and prepared Arrow cache), and HF_HUB_OFFLINE=1.
 """

@@ -1,5 +1,5 @@
 """Every adapter method under every multi-process topology it is offered for (the support matrix in
-the README): 2 processes x 4 examples under DDP, DeepSpeed ZeRO-2 and ZeRO-3 compute what ONE
+docs/models-and-methods.md): 2 processes x 4 examples under DDP, DeepSpeed ZeRO-2 and ZeRO-3 compute what ONE
 process computes with 2 accumulation steps (losses and saved adapter within 1e-5, fp32 CPU, dropout
 off), and the ZeRO-3 runs generate in lockstep for in-training ROUGE. AdaLoRA (refused under
 DeepSpeed) runs under DDP, and a 2-process AdaLoRA run killed mid-way resumes exactly, its rank
