@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 
-from sumtune import checkpoints, data, methods, models, rl
+from sumtune import data, methods, models, rl
 from sumtune.config import RLConfig, RunConfig
 from sumtune.distributed import deepspeed_stage
 from sumtune.engine import Cadence, Meter, NonFiniteError, OptimizerStep, Position, make_optimizer, open_run, plan_steps
 from sumtune.errors import ConfigError, SumtuneError
 from sumtune.rewards import Classifier
 from sumtune.rollout import Reference, Rollout, RolloutTokens, Trajectory, WithValueHead, gather_named, policy_of
+from sumtune.runs import RunFolder
 from sumtune.validation import RougeValidator
 
 
@@ -66,54 +66,12 @@ def check_config(cfg: RunConfig, family=None) -> None:
     if m.lora.init in ("pissa", "olora") and m.method == "lora":
         raise ConfigError(f"config key 'model.lora.init': {m.lora.init} rewrites the base weights, so the policy with "
                           "its adapter switched off would no longer be the reference; use model.lora.init=default")
-    if start_kind(m.name_or_path) == "lora" and not methods.of_adapter(Path(m.name_or_path)).mergeable:
+    start = RunFolder(m.name_or_path)
+    if start.kind == "adapter" and not start.adapter_method().mergeable:
         raise ConfigError(f"config key 'model.name_or_path': the start {m.name_or_path} is a "
-                          f"{methods.of_adapter(Path(m.name_or_path)).name} adapter, which cannot be merged into its "
+                          f"{start.adapter_method().name} adapter, which cannot be merged into its "
                           "base; start from a LoRA (or other mergeable) run folder or a full model")
-    check_prompting(cfg)
-
-
-def start_kind(path: str) -> str:
-    """"lora" (a LoRA run folder: an adapter), "full" (a run folder or a base model)."""
-    return "lora" if (Path(path) / "adapter_config.json").is_file() else "full"
-
-
-def check_prompting(cfg: RunConfig) -> None:
-    """A run folder is prompted as it was trained: the same template and limits, or one line."""
-    trained = Path(cfg.model.name_or_path) / checkpoints.CONFIG_FILE
-    if not trained.is_file():
-        return
-    import yaml
-
-    saved = (yaml.safe_load(trained.read_text(encoding="utf-8")) or {}).get("data", {})
-    for key in ("template", "chat_template", "system_prompt", "chat_date", "turn_separator", "max_source_length"):
-        if key in saved and saved[key] != getattr(cfg.data, key):
-            raise ConfigError(f"config key 'data.{key}': the start {cfg.model.name_or_path} was trained with "
-                              f"{saved[key]!r}, this run has {getattr(cfg.data, key)!r}; prompt the policy as it was "
-                              f"trained (data.{key}={saved[key]!r})")
-
-
-def load_start(cfg: RunConfig, family):
-    """(model, tokenizer) of the summariser the run starts from, as one plain model: a LoRA run
-    folder's adapter merged into its base, a full run folder or a base model as it is."""
-    path, m = cfg.model.name_or_path, cfg.model
-    if start_kind(path) == "lora":
-        if m.quantization != "none":
-            raise ConfigError(f"model.quantization={m.quantization} with a LoRA start ({path}): its adapter is merged into "
-                              "the base, which cannot be done exactly in 8/4 bits; start from a full model, or use "
-                              "model.quantization=none")
-        trained = (Path(path) / checkpoints.CONFIG_FILE)
-        import yaml
-
-        base = (yaml.safe_load(trained.read_text(encoding="utf-8")) or {}).get("model", {}).get("name_or_path") \
-            if trained.is_file() else None
-        start = models.load_adapter(path, base, trust_remote_code=m.trust_remote_code).merge_and_unload()
-        tokenizer_from = path if (Path(path) / "tokenizer_config.json").is_file() else start.name_or_path
-    else:
-        start = models.load_model(path, 0.0, m.quantization, m.trust_remote_code, family)
-        tokenizer_from = path
-    models.set_dropout(start, 0.0)
-    return start, models.load_tokenizer(tokenizer_from, m.trust_remote_code, family)
+    start.check_prompted_as_trained(cfg)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -125,7 +83,9 @@ def run(cfg: RunConfig) -> dict:
     reward = Classifier(r.reward.model, key="rl.reward.model", batch_size=r.reward.batch_size,
                         max_length=r.reward.max_length, trust_remote_code=cfg.model.trust_remote_code)
     good = reward.label(r.reward.label, key="rl.reward.label")
-    start, tokenizer = load_start(cfg, family)
+    # The start as one plain model: a LoRA run folder's adapter merged into its base.
+    start, tokenizer = RunFolder(cfg.model.name_or_path).load(cfg.model.trust_remote_code, merge=True, dropout=0.0,
+                                                              quantization=cfg.model.quantization)
     policy = models.apply_method(start, cfg.model, family)
     models.set_dropout(policy, 0.0)  # LoRA's dropout too
     reference = Reference(policy)
@@ -148,9 +108,10 @@ def run(cfg: RunConfig) -> dict:
         f"{r.minibatches} mini-batches per RL step, each over {cfg.train.grad_accum} micro-batches); "
         f"{plan.batches_per_rank_per_epoch} RL steps per pass over the prompts; warmup {plan.warmup_steps}")
     trainable, total = models.count_parameters(policy)
-    kind, what = start_kind(cfg.model.name_or_path), "the policy's adapter disabled" if reference.copy is None else "a frozen copy"
+    kind, what = RunFolder(cfg.model.name_or_path).kind, "the policy's adapter disabled" if reference.copy is None else \
+        "a frozen copy"
     say(f"model: {family.name} family ({family.model_type}); start {cfg.model.name_or_path} ({kind}"
-        f"{', adapter merged' if kind == 'lora' else ''}); method {cfg.model.method}: {trainable:,} of {total:,} "
+        f"{', adapter merged' if kind == 'adapter' else ''}); method {cfg.model.method}: {trainable:,} of {total:,} "
         f"parameters trainable{' (the value head included)' if r.algorithm == 'ppo' else ''}; reference: {what}; "
         "dropout off")
     say(f"algorithm: {r.algorithm}; reward: {r.reward.model} ({r.reward.score} of '{r.reward.label}'; labels "
@@ -181,7 +142,7 @@ def run(cfg: RunConfig) -> dict:
     metrics = fit(accelerator, policy, optimizer, scheduler, rollout, plan, cfg, kl, opened.ctx, validator, start_at,
                   [rec["dialogue"] for rec in train_records])
     net = accelerator.unwrap_model(policy)
-    merged = kind == "lora" and hasattr(policy_of(net), "merge_and_unload")
+    merged = kind == "adapter" and hasattr(policy_of(net), "merge_and_unload")
     metrics.update(start=cfg.model.name_or_path, algorithm=r.algorithm, reward_model=r.reward.model,
                    reward_label=r.reward.label, kl_coef_final=kl.coef, plan=asdict(plan), rl_steps=plan.loop_steps,
                    saved="full model (the start's adapter and the trained one merged)" if merged else

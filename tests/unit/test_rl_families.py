@@ -86,7 +86,8 @@ def test_temperature_scales_the_logits_before_the_softmax(arch, models_dir):
     ids, mask = summary_batch(summaries, tok.pad_token_id)
     with torch.no_grad():
         hot, _ = family.summary_logprobs(model, pad["input_ids"], pad["attention_mask"], ids, mask, temperature=2.0)
-        logits = family._summary_logits(model, pad["input_ids"], pad["attention_mask"], ids, mask)
+        out, positions = family._summary_forward(model, pad["input_ids"], pad["attention_mask"], ids, mask)
+        logits = out.logits[:, positions]
     expected = (logits.float() / 2.0).log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1) * mask
     assert torch.allclose(hot, expected, atol=1e-6)
 
@@ -156,7 +157,7 @@ def test_kl_to_the_reference_is_zero_while_the_policy_is_the_start(arch, method,
     stays the start."""
     from sumtune import rl
     from sumtune.config import ModelConfig
-    from sumtune.recipes.detox import Reference
+    from sumtune.rollout import Reference
 
     family, model, tok = load(models_dir[arch])
     policy = models.apply_method(model, ModelConfig(method=method), family)
@@ -181,3 +182,61 @@ def test_kl_to_the_reference_is_zero_while_the_policy_is_the_start(arch, method,
     assert (kl().abs() > 1e-4).all()
     if reference.copy is not None:
         assert all(torch.equal(a, b) for a, b in zip(start, reference.copy.parameters()))
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_the_value_head_reads_the_hidden_state_of_the_output_layer_row_by_row(arch, models_dir):
+    """PPO's value head: the policy's logits untouched, values 0 at the start, then (a trained head)
+    the head applied to the very hidden state the output layer reads, the same for a row in a padded
+    batch as alone, with gradients reaching the head."""
+    from sumtune.rollout import WithValueHead
+
+    family, model, tok = load(models_dir[arch])
+    net = WithValueHead(model)
+    prompt_ids = prompts(family, tok)
+    summaries, pad = sample(family, model, tok, prompt_ids)
+    ids, mask = summary_batch(summaries, tok.pad_token_id)
+    args = (pad["input_ids"], pad["attention_mask"], ids, mask)
+    with torch.no_grad():
+        scored = family.score_summaries(net, *args, values=True)
+        assert torch.equal(scored.logprobs, family.summary_logprobs(model, *args)[0])
+        assert scored.values.abs().max().item() == 0.0
+        torch.nn.init.normal_(net.value_head.weight, std=0.5)
+        net.value_head.bias.fill_(0.25)
+        scored = family.score_summaries(net, *args, values=True)
+    if arch == "llama":  # the head reads the final (normed) hidden state: hidden_states[-1]
+        with torch.no_grad():
+            row = prompt_ids[0] + summaries[0]
+            hidden = model(input_ids=torch.tensor([row]), output_hidden_states=True).hidden_states[-1][0]
+            expected = net.value_head(hidden[len(prompt_ids[0]) - 1:-1]).squeeze(-1)
+        assert torch.allclose(scored.values[0, :len(summaries[0])], expected, atol=1e-5)
+    for i, (prompt, summary) in enumerate(zip(prompt_ids, summaries)):
+        alone = family.score_summaries(net, torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long),
+                                       torch.tensor([summary]), torch.ones(1, len(summary), dtype=torch.long), values=True)
+        assert torch.allclose(scored.values[i, :len(summary)], alone.values[0].detach(), atol=1e-5)
+        assert (scored.values[i, len(summary):] == 0).all()
+    alone.values.sum().backward()
+    assert net.value_head.weight.grad.abs().sum() > 0
+
+
+def test_a_trajectory_batch_is_what_collating_its_rows_gives():
+    """The update's micro-batches come out of the rollout's padded tensors: trimmed to what their
+    rows need, they equal the rows collated on their own (left-padded prompts, right-padded summaries)."""
+    from sumtune.rollout import Trajectory
+
+    prompt_rows = [[5, 6, 7, 8], [9], [3, 4], [2, 2, 2]]
+    summary_rows = [[1, 2], [3, 4, 5, 6], [7], [8, 9]]
+    left = data.PadCollator(0, side="left")
+    p = left([{"input_ids": x} for x in prompt_rows])
+    s_ids, s_mask = summary_batch(summary_rows, 0)
+    logp = torch.randn(s_ids.shape) * s_mask
+    traj = Trajectory(list(range(4)), ["a"] * 4, p["input_ids"], p["attention_mask"], s_ids, s_mask, logp, logp, logp,
+                      None, torch.zeros(4), torch.zeros(4), torch.ones(4, dtype=torch.bool))
+    for rows in ([1, 2], [2, 3], [0], [3, 1]):
+        batch = traj.batch(torch.tensor(rows))
+        alone = left([{"input_ids": prompt_rows[i]} for i in rows])
+        ids, mask = summary_batch([summary_rows[i] for i in rows], 0)
+        assert torch.equal(batch["input_ids"], alone["input_ids"]) and torch.equal(batch["attention_mask"],
+                                                                                   alone["attention_mask"])
+        assert torch.equal(batch["summary_ids"], ids) and torch.equal(batch["summary_mask"], mask)
+        assert torch.equal(batch["old_logprobs"], logp[rows][:, :ids.shape[1]]) and "old_values" not in batch
