@@ -3,8 +3,8 @@
 #                table, write the report with the pictures (outputs/demo-report/report.html)
 #   make test    set up .venv, run the whole test suite (unit + multi-process integration)
 # and, beside them:
-#   make detox-demo  the RL detoxification demo: toxic corpus + toxicity classifier, supervised LoRA,
-#                    RLOO against the classifier, toxicity and ROUGE before/after on the test split
+#   make detox-demo  the RL detoxification demo: toxic corpus + toxicity classifier, supervised fine-tuning, then
+#                    RLOO and PPO against the classifier; toxicity, ROUGE, length and KL of the three on the test split
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -47,8 +47,10 @@ detox-demo: $(STAMP)
 	$(BIN)/python -m sumtune_demo --out demo-detox --toxic-share 0.5 --causal-steps 0
 	$(CPU_LAUNCH) train/finetune.py --config configs/train/demo_detox_sft.yaml overwrite=true
 	$(CPU_LAUNCH) train/detox.py --config configs/train/demo_detox.yaml overwrite=true
+	$(CPU_LAUNCH) train/detox.py --config configs/train/demo_detox_ppo.yaml overwrite=true
 	$(CPU_LAUNCH) eval/evaluate.py --config configs/train/demo_detox.yaml --out outputs/demo-detox-eval --overwrite \
-		--candidate sft=outputs/demo-detox-sft --candidate detox=outputs/demo-detox
+		--candidate sft=outputs/demo-detox-sft --candidate rloo=outputs/demo-detox --candidate ppo=outputs/demo-detox-ppo
+	$(BIN)/python -m sumtune_demo.detox_table outputs/demo-detox-eval rloo=outputs/demo-detox ppo=outputs/demo-detox-ppo
 
 test: $(STAMP)
 	$(BIN)/ruff check sumtune sumtune_demo train eval tests bench

@@ -66,3 +66,29 @@ def test_a_toxic_build_puts_a_classifier_beside_the_model(tmp_path):
 def test_a_share_outside_zero_one_is_refused(share):
     with pytest.raises(ValueError, match="toxic_share must be in"):
         dc.make_corpus(0, SMALL, toxic_share=share)
+
+
+def test_the_detox_table_reads_the_evaluation_and_the_runs(tmp_path):
+    """The demo's closing table: toxicity and rouge1 with their intervals as evaluation wrote them,
+    summary words from the predictions (with a bootstrap interval) and each RL run's final KL and time."""
+    import json
+
+    from sumtune_demo.detox_table import table
+
+    (tmp_path / "comparison_ci.csv").write_text(
+        "model,metric,mean,ci_low,ci_high,gain_pp,gain_ci_low_pp,gain_ci_high_pp\n"
+        "sft,rouge1,0.4300,0.4100,0.4500,,,\nsft,rouge2,0.2,0.19,0.21,,,\nppo,rouge1,0.4400,0.4200,0.4600,1.0,0.1,1.9\n")
+    (tmp_path / "toxicity.csv").write_text(
+        "model,mean,ci_low,ci_high,std,share_above_0_5,share_ci_low,share_ci_high,change,change_ci_low,change_ci_high\n"
+        "sft,0.1354,0.0990,0.1720,0.28,0.1210,0.0790,0.1670,,,\n"
+        "ppo,0.0600,0.0400,0.0900,0.2,0.0500,0.0300,0.0800,-0.0754,-0.11,-0.03\n")
+    for name, words in (("sft", [3, 5]), ("ppo", [2, 2])):
+        (tmp_path / name).mkdir()
+        rows = [{"id": str(i), "prediction": " ".join(["w"] * n)} for i, n in enumerate(words)]
+        (tmp_path / name / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"final_kl": 1.234, "train_seconds": 600}))
+    lines = table(tmp_path, {"ppo": tmp_path / "run"}).splitlines()
+    assert lines[2].startswith("| sft | 0.135 [0.099, 0.172] | 0.121 [0.079, 0.167] | 0.4300 [0.410, 0.450] | 4.0 [3.0, 5.0] |")
+    assert lines[3] == "| ppo | 0.060 [0.040, 0.090] (-0.075) | 0.050 [0.030, 0.080] | 0.4400 [0.420, 0.460] | 2.0 [2.0, 2.0] " \
+                       "| 1.23 nats | 10.0 min |"
