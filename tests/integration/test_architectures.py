@@ -21,9 +21,8 @@ ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def zoo_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {**zoo.build_zoo(root), "data": zoo.write_data(root / "data")}
+def zoo_models(zoo_build, tmp_path_factory):
+    return {**zoo_build, "data": zoo.write_data(tmp_path_factory.mktemp("data"))}
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:

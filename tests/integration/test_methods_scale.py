@@ -40,9 +40,8 @@ SMALL = ["model.lora.r=4", "model.lora.dropout=0.0", "model.adalora.init_r=6", "
 
 
 @pytest.fixture(scope="module")
-def t5(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {**zoo.build_zoo(root, archs=("t5",)), "data": zoo.write_data(root / "data", sizes=(32, 8, 8))}
+def t5(zoo_build, tmp_path_factory):
+    return {"t5": zoo_build["t5"], "data": zoo.write_data(tmp_path_factory.mktemp("data"), sizes=(32, 8, 8))}
 
 
 def overrides(t5, out: Path, name: str, method: str, steps: int, *extra: str) -> list[str]:
