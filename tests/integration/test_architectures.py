@@ -172,17 +172,19 @@ def causal_run(demo, tmp: Path, config: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def causal_reference(demo, tmp_path_factory):
+def causal_runs(demo, tmp_path_factory):
+    """Every config of CAUSAL_TOPOLOGIES launched, two at a time (run folders of their own): the
+    one-process reference leaves a core idle, a two-process launch spends part of its time in one
+    process. config -> a Future of the run folder."""
     tmp = tmp_path_factory.mktemp("causal-scale")
-    return tmp, causal_run(demo, tmp, "cpu_1proc.yaml")
+    return two_at_a_time({config: functools.partial(causal_run, demo, tmp, config) for config in CAUSAL_TOPOLOGIES})
 
 
 @pytest.mark.parametrize("config", ["cpu_2proc.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_causal_topology_matches_one_process_with_accumulation(config, causal_reference, demo):
+def test_causal_topology_matches_one_process_with_accumulation(config, causal_runs):
     from safetensors.torch import load_file
 
-    tmp, ref = causal_reference
-    run = causal_run(demo, tmp, config)
+    ref, run = causal_runs["cpu_1proc.yaml"].result(), causal_runs[config].result()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["family"] == "causal" and metrics["plan"]["effective_batch"] == 8
     losses = [[r["loss"] for r in read_jsonl(x / "train_log.jsonl") if "loss" in r] for x in (ref, run)]
@@ -209,11 +211,15 @@ def test_causal_run_killed_and_resumed_ends_as_the_uninterrupted_one(demo, tmp_p
         return [*base, "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=2", "tracker.backend=none",
                 *extra]
 
-    check(launch("train/finetune.py", *overrides("straight")))
-    run_into_fault(overrides("killed"), "step:5@1", tmp_path / "pids")
-    run = tmp_path / "killed"
-    assert not (run / "metrics.json").exists()
-    proc = check(launch("train/finetune.py", *overrides("killed", "resume=auto")))
+    # The uninterrupted run launched beside the killed one (folders of their own).
+    straight_run = two_at_a_time({"straight": functools.partial(launch, "train/finetune.py", *overrides("straight"))})
+    try:
+        run_into_fault(overrides("killed"), "step:5@1", tmp_path / "pids")
+        run = tmp_path / "killed"
+        assert not (run / "metrics.json").exists()
+        proc = check(launch("train/finetune.py", *overrides("killed", "resume=auto")))
+    finally:
+        check(straight_run["straight"].result())
     assert "resuming from" in proc.stdout and "at step 4" in proc.stdout
     straight = [(r["step"], r["loss"]) for r in read_jsonl(tmp_path / "straight/train_log.jsonl") if "loss" in r]
     resumed = [(r["step"], r["loss"]) for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
@@ -233,8 +239,13 @@ def test_untied_t5_saved_under_zero3_reloads_with_its_own_lm_head(zoo_models, tm
         return [*zoo_overrides(zoo_models, tmp_path, "t5", "full"), f"run_name={name}", "train.dropout=0.0",
                 "train.lr=1e-4", f"train.grad_accum={accum}", "train.per_device_batch_size=2"]
 
-    check(launch("train/finetune.py", *args("one", 2), config="cpu_1proc.yaml"))
-    check(launch("train/finetune.py", *args("zero3", 1), config="deepspeed_zero3.yaml", launcher_args=DEEPSPEED_ON_CPU))
+    # Side by side (run folders of their own): the one-process run leaves a core idle.
+    for future in two_at_a_time({
+        "one": functools.partial(launch, "train/finetune.py", *args("one", 2), config="cpu_1proc.yaml"),
+        "zero3": functools.partial(launch, "train/finetune.py", *args("zero3", 1), config="deepspeed_zero3.yaml",
+                                   launcher_args=DEEPSPEED_ON_CPU),
+    }).values():
+        check(future.result())
     one, z3 = load_file(tmp_path / "one/model.safetensors"), load_file(tmp_path / "zero3/model.safetensors")
     assert "lm_head.weight" in z3 and z3["lm_head.weight"].numel() > 0
     assert not torch.equal(z3["lm_head.weight"], z3["shared.weight"])

@@ -5,6 +5,7 @@ pickled model weights.
 What accelerate's launcher adds when a worker fails (its own ChildFailedError traceback) is not
 ours to shorten; the tests check the workers' own output for exactly one sumtune line."""
 
+import functools
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import BIN, DEEPSPEED_ON_CPU, REPO, check, free_port, launch, read_jsonl, run_overrides
+from helpers import BIN, DEEPSPEED_ON_CPU, REPO, check, free_port, launch, read_jsonl, run_overrides, two_at_a_time
 
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
 
@@ -110,11 +111,12 @@ def secret_runs(demo, tmp_path_factory):
     """Full (2 processes) and LoRA (1 process) runs with checkpoints and W&B offline, with
     credentials in the environment."""
     tmp = tmp_path_factory.mktemp("secrets")
-    procs = {}
-    for name, method, processes in (("full", "full", 2), ("lora", "lora", 1)):
-        procs[name] = check(launch("train/finetune.py", *run_overrides(demo, tmp, name, method, steps=4),
-                                   "train.checkpoint_every=2", "train.keep_checkpoints=2", processes=processes, env=SECRETS))
-    return tmp, procs
+    # Side by side (run folders of their own): the one-process run leaves a core idle.
+    futures = two_at_a_time({name: functools.partial(launch, "train/finetune.py", *run_overrides(demo, tmp, name, method, steps=4),
+                                                     "train.checkpoint_every=2", "train.keep_checkpoints=2",
+                                                     processes=processes, env=SECRETS)
+                             for name, method, processes in (("full", "full", 2), ("lora", "lora", 1))})
+    return tmp, {name: check(future.result()) for name, future in futures.items()}
 
 
 def test_no_secret_reaches_the_run_folder_the_logs_or_wandb(secret_runs):
