@@ -134,8 +134,19 @@ def two_at_a_time(jobs: dict) -> dict:
 
     pool = ThreadPoolExecutor(max_workers=2)
     futures = {name: pool.submit(job) for name, job in jobs.items()}
-    pool.shutdown(wait=False)  # the started jobs run on; nothing more is submitted
+    POOLS.append(pool)
     return futures
+
+
+POOLS: list = []
+
+
+def end_pools() -> None:
+    """Cancel the jobs of two_at_a_time() that have not started (a test that would have waited for
+    them failed, or was not selected) and wait for those that run: called when a module ends, so that
+    no run goes on into the next module or keeps the session from ending."""
+    while POOLS:
+        POOLS.pop().shutdown(wait=True, cancel_futures=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:
