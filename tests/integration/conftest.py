@@ -18,3 +18,11 @@ def demo(tmp_path_factory):
     paths = build(out, seed=1, sizes={"train": 160, "validation": 24, "test": 30}, pretrain_steps=8, vocab_size=400)
     return paths
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_run_outlives_its_module():
+    yield
+    from helpers import end_pools
+
+    end_pools()

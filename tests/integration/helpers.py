@@ -15,6 +15,10 @@ def _launch_command(script: str, args: tuple, config: str, launcher_args: tuple,
     """`accelerate launch` as a user runs it on CPU. For plain DDP, the config file plus
     ACCELERATE_USE_CPU=true is what forms one gloo group of several processes (docs/ARCHITECTURE.md); a
     DeepSpeed config must run WITHOUT that variable, or Accelerate silently drops DeepSpeed."""
+    if "--main_process_port" not in launcher_args:
+        # A port of its own: accelerate's default 29500 may be held by another launch on this
+        # machine (another test session), and then the launch fails at once.
+        launcher_args = (*launcher_args, "--main_process_port", str(free_port()))
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate" / config),
            *launcher_args, str(REPO / script), *args]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
@@ -31,7 +35,73 @@ def launch(script: str, *args: str, processes: int = 2, config: str | None = Non
     if config is None:
         config = "cpu_2proc.yaml" if processes == 2 else "cpu_1proc.yaml"
     cmd, full_env = _launch_command(script, args, config, launcher_args, env)
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    # The launcher in a session of its own, so that a timeout can end it and every process under it.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException as exc:  # the timeout, or the test run interrupted: leave no worker behind
+        kill_tree(proc.pid)
+        out, err = proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            exc.stdout, exc.stderr = out, err  # all of it, as text (subprocess.run does the same)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    """parent pid -> its children's pids, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid``, its process group and every process under it. The elastic agent starts its
+    workers in sessions of their own, so killing the launcher's group alone would leave them running
+    (one grew to 16 GB once): they are found through their parent pids, stopped first so that none
+    forks or is re-parented while the tree is read, then killed. Returns the pids killed."""
+    seen: list[int] = []
+    while True:
+        tree, found = _children(), []
+        todo = [pid]
+        while todo:
+            p = todo.pop()
+            found.append(p)
+            todo.extend(tree.get(p, []))
+        new = [p for p in found if p not in seen]
+        if not new:
+            break
+        for p in new:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        seen += new
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in seen:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return seen
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -53,6 +123,30 @@ def run_overrides(demo, tmp: Path, name: str, method: str, steps: int = 6, model
         "generation.max_new_tokens=12", "generation.batch_size=8",
         "tracker.project=sumtune-tests", "tracker.mode=offline",
     ]
+
+
+def two_at_a_time(jobs: dict) -> dict:
+    """Start each job (a callable without arguments) in a pool of two threads; returns name -> its
+    Future, whose result() waits for it and re-raises what it raised. For runs of ONE process on
+    one thread (a script, or a one-process launch: OMP_NUM_THREADS=1): one of them leaves the
+    second of this machine's 2 cores idle, so two at a time take about the time of one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(job) for name, job in jobs.items()}
+    POOLS.append(pool)
+    return futures
+
+
+POOLS: list = []
+
+
+def end_pools() -> None:
+    """Cancel the jobs of two_at_a_time() that have not started (a test that would have waited for
+    them failed, or was not selected) and wait for those that run: called when a module ends, so that
+    no run goes on into the next module or keeps the session from ending."""
+    while POOLS:
+        POOLS.pop().shutdown(wait=True, cancel_futures=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:

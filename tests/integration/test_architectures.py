@@ -4,6 +4,7 @@ load with plain transformers/peft; the decoder-only demo model computes under DD
 ZeRO-3 what one process computes, and resumes exactly after a kill; a T5 with its own lm_head
 saved under ZeRO-3 reloads with both matrices."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault, run_overrides
+from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault, run_overrides, two_at_a_time
 
 sys.path.insert(0, str(REPO / "tests"))
 import zoo  # noqa: E402
@@ -21,9 +22,8 @@ ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def zoo_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {**zoo.build_zoo(root), "data": zoo.write_data(root / "data")}
+def zoo_models(zoo_build, tmp_path_factory):
+    return {**zoo_build, "data": zoo.write_data(tmp_path_factory.mktemp("data"))}
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -58,11 +58,36 @@ def _plain_load(arch: str, folder: Path, lora: bool):
 CASES = [(arch, "lora") for arch in zoo.ARCHITECTURES] + [("bart", "full"), ("t5", "full"), ("llama", "full")]
 
 
+def _train_and_evaluate(models, tmp: Path, arch: str, method: str) -> tuple:
+    """train/finetune.py, then (if it trained) eval/evaluate.py on the base and the run folder."""
+    train = run_script("train/finetune.py", *zoo_overrides(models, tmp, arch, method))
+    if train.returncode != 0:
+        return train, None
+    evaluated = run_script("eval/evaluate.py", *zoo_overrides(models, tmp, arch, method), "--out", str(tmp / "eval"),
+                           "--candidate", f"base={models[arch]}", "--candidate", f"tuned={tmp / f'{arch}-{method}'}")
+    return train, evaluated
+
+
+@pytest.fixture(scope="module")
+def case_runs(zoo_models, tmp_path_factory):
+    """Every case of CASES trained and evaluated by its own script runs, two cases at a time (each
+    run is one process on one thread): case -> (its folder, a Future of (train, evaluate))."""
+    root = tmp_path_factory.mktemp("cases")
+    folders = {case: root / "-".join(case) for case in CASES}
+    for folder in folders.values():
+        folder.mkdir()
+    futures = two_at_a_time({case: functools.partial(_train_and_evaluate, zoo_models, folders[case], *case)
+                             for case in CASES})
+    return {case: (folders[case], futures[case]) for case in CASES}
+
+
 @pytest.mark.parametrize("arch, method", CASES, ids=[f"{a}-{m}" for a, m in CASES])
-def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arch, method, zoo_models, tmp_path):
+def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arch, method, zoo_models, case_runs):
     from sumtune import families
 
-    proc = check(run_script("train/finetune.py", *zoo_overrides(zoo_models, tmp_path, arch, method)))
+    tmp_path, future = case_runs[(arch, method)]
+    train, evaluated = future.result()
+    proc = check(train)
     family = "causal" if arch in zoo.CAUSAL else "seq2seq"
     assert f"model: {family} family ({arch})" in proc.stdout
     run = tmp_path / f"{arch}-{method}"
@@ -71,8 +96,7 @@ def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arc
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_jsonl(run / "train_log.jsonl") if "loss" in r)
 
     out = tmp_path / "eval"
-    check(run_script("eval/evaluate.py", *zoo_overrides(zoo_models, tmp_path, arch, method), "--out", str(out),
-                     "--candidate", f"base={zoo_models[arch]}", "--candidate", f"tuned={run}"))
+    check(evaluated)
     for name in ("base", "tuned"):
         scored = json.loads((out / name / "metrics.json").read_text())
         assert scored["examples"] == 6 and scored["family"] == family and 0 <= scored["rouge1"] <= 1
@@ -96,16 +120,33 @@ def test_each_architecture_trains_evaluates_and_reloads_with_plain_libraries(arc
             assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
 
 
+def _quantized_run(demo, tmp: Path, bits: str) -> tuple:
+    args = [*run_overrides(demo, tmp, "llama-q", "lora", steps=2, model="causal"), f"model.quantization={bits}",
+            "tracker.backend=none", "data.max_eval_examples=6"]
+    train = run_script("train/finetune.py", *args)
+    if train.returncode != 0:
+        return train, None
+    return train, run_script("eval/evaluate.py", *args, "--out", str(tmp / "eval"), "--candidate", f"q={tmp / 'llama-q'}")
+
+
+@pytest.fixture(scope="module")
+def quantized_runs(demo, tmp_path_factory):
+    """Both bit widths trained and evaluated by their own script runs, side by side (one thread each)."""
+    folders = {bits: tmp_path_factory.mktemp(f"quantized-{bits}") for bits in ("8bit", "4bit")}
+    futures = two_at_a_time({bits: functools.partial(_quantized_run, demo, folder, bits) for bits, folder in folders.items()})
+    return {bits: (folders[bits], futures[bits]) for bits in folders}
+
+
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
-def test_quantized_causal_lora_trains_and_evaluates(bits, demo, tmp_path):
+def test_quantized_causal_lora_trains_and_evaluates(bits, quantized_runs):
     # The demo's decoder-only model (hidden size 192): bitsandbytes quantizes 4-bit weights in blocks
     # of 64, which the zoo's 32-wide layers are too narrow for.
-    args = [*run_overrides(demo, tmp_path, "llama-q", "lora", steps=2, model="causal"), f"model.quantization={bits}",
-            "tracker.backend=none", "data.max_eval_examples=6"]
-    check(run_script("train/finetune.py", *args))
+    tmp_path, future = quantized_runs[bits]
+    train, evaluated = future.result()
+    check(train)
     metrics = json.loads((tmp_path / "llama-q" / "metrics.json").read_text())
     assert metrics["quantization"] == bits and metrics["family"] == "causal"
-    check(run_script("eval/evaluate.py", *args, "--out", str(tmp_path / "eval"), "--candidate", f"q={tmp_path / 'llama-q'}"))
+    check(evaluated)
     assert json.loads((tmp_path / "eval/q/metrics.json").read_text())["examples"] == 6
 
 
@@ -131,17 +172,19 @@ def causal_run(demo, tmp: Path, config: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def causal_reference(demo, tmp_path_factory):
+def causal_runs(demo, tmp_path_factory):
+    """Every config of CAUSAL_TOPOLOGIES launched, two at a time (run folders of their own): the
+    one-process reference leaves a core idle, a two-process launch spends part of its time in one
+    process. config -> a Future of the run folder."""
     tmp = tmp_path_factory.mktemp("causal-scale")
-    return tmp, causal_run(demo, tmp, "cpu_1proc.yaml")
+    return two_at_a_time({config: functools.partial(causal_run, demo, tmp, config) for config in CAUSAL_TOPOLOGIES})
 
 
 @pytest.mark.parametrize("config", ["cpu_2proc.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_causal_topology_matches_one_process_with_accumulation(config, causal_reference, demo):
+def test_causal_topology_matches_one_process_with_accumulation(config, causal_runs):
     from safetensors.torch import load_file
 
-    tmp, ref = causal_reference
-    run = causal_run(demo, tmp, config)
+    ref, run = causal_runs["cpu_1proc.yaml"].result(), causal_runs[config].result()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["family"] == "causal" and metrics["plan"]["effective_batch"] == 8
     losses = [[r["loss"] for r in read_jsonl(x / "train_log.jsonl") if "loss" in r] for x in (ref, run)]
@@ -168,11 +211,15 @@ def test_causal_run_killed_and_resumed_ends_as_the_uninterrupted_one(demo, tmp_p
         return [*base, "train.log_every=2", "train.eval_every=0", "train.checkpoint_every=2", "tracker.backend=none",
                 *extra]
 
-    check(launch("train/finetune.py", *overrides("straight")))
-    run_into_fault(overrides("killed"), "step:5@1", tmp_path / "pids")
-    run = tmp_path / "killed"
-    assert not (run / "metrics.json").exists()
-    proc = check(launch("train/finetune.py", *overrides("killed", "resume=auto")))
+    # The uninterrupted run launched beside the killed one (folders of their own).
+    straight_run = two_at_a_time({"straight": functools.partial(launch, "train/finetune.py", *overrides("straight"))})
+    try:
+        run_into_fault(overrides("killed"), "step:5@1", tmp_path / "pids")
+        run = tmp_path / "killed"
+        assert not (run / "metrics.json").exists()
+        proc = check(launch("train/finetune.py", *overrides("killed", "resume=auto")))
+    finally:
+        check(straight_run["straight"].result())
     assert "resuming from" in proc.stdout and "at step 4" in proc.stdout
     straight = [(r["step"], r["loss"]) for r in read_jsonl(tmp_path / "straight/train_log.jsonl") if "loss" in r]
     resumed = [(r["step"], r["loss"]) for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
@@ -192,8 +239,13 @@ def test_untied_t5_saved_under_zero3_reloads_with_its_own_lm_head(zoo_models, tm
         return [*zoo_overrides(zoo_models, tmp_path, "t5", "full"), f"run_name={name}", "train.dropout=0.0",
                 "train.lr=1e-4", f"train.grad_accum={accum}", "train.per_device_batch_size=2"]
 
-    check(launch("train/finetune.py", *args("one", 2), config="cpu_1proc.yaml"))
-    check(launch("train/finetune.py", *args("zero3", 1), config="deepspeed_zero3.yaml", launcher_args=DEEPSPEED_ON_CPU))
+    # Side by side (run folders of their own): the one-process run leaves a core idle.
+    for future in two_at_a_time({
+        "one": functools.partial(launch, "train/finetune.py", *args("one", 2), config="cpu_1proc.yaml"),
+        "zero3": functools.partial(launch, "train/finetune.py", *args("zero3", 1), config="deepspeed_zero3.yaml",
+                                   launcher_args=DEEPSPEED_ON_CPU),
+    }).values():
+        check(future.result())
     one, z3 = load_file(tmp_path / "one/model.safetensors"), load_file(tmp_path / "zero3/model.safetensors")
     assert "lm_head.weight" in z3 and z3["lm_head.weight"].numel() > 0
     assert not torch.equal(z3["lm_head.weight"], z3["shared.weight"])

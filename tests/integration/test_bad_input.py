@@ -5,6 +5,7 @@ pickled model weights.
 What accelerate's launcher adds when a worker fails (its own ChildFailedError traceback) is not
 ours to shorten; the tests check the workers' own output for exactly one sumtune line."""
 
+import functools
 import json
 import os
 import shutil
@@ -13,18 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import BIN, DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_overrides
+from helpers import BIN, DEEPSPEED_ON_CPU, REPO, check, free_port, launch, read_jsonl, run_overrides, two_at_a_time
 
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
-
-
-def free_port() -> str:
-    """A port of our own: other launches on this machine may hold accelerate's default 29500."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def sumtune_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -56,7 +48,7 @@ def test_a_missing_accelerate_config_is_accelerates_own_error(tmp_path):
 def test_a_missing_deepspeed_json_is_one_line_before_the_model_loads(tmp_path):
     missing = tmp_path / "nope.json"
     proc = launch("train/finetune.py", f"output_dir={tmp_path / 'out'}", config=deepspeed_yaml(tmp_path, missing),
-                  launcher_args=(*DEEPSPEED_ON_CPU, "--main_process_port", free_port()))
+                  launcher_args=DEEPSPEED_ON_CPU)
     assert sumtune_lines(proc) == [f"sumtune: error: DeepSpeed config file {missing} does not exist; fix "
                                    "deepspeed_config_file in the accelerate config"]
     assert not (tmp_path / "out").exists()
@@ -68,7 +60,7 @@ def test_a_deepspeed_json_that_contradicts_the_run_config_is_refused(tmp_path):
     hard = tmp_path / "hard.json"
     hard.write_text(json.dumps(ds))
     proc = launch("train/finetune.py", f"output_dir={tmp_path / 'out'}", "train.per_device_batch_size=4",
-                  config=deepspeed_yaml(tmp_path, hard), launcher_args=(*DEEPSPEED_ON_CPU, "--main_process_port", free_port()))
+                  config=deepspeed_yaml(tmp_path, hard), launcher_args=DEEPSPEED_ON_CPU)
     assert sumtune_lines(proc) == [
         f'sumtune: error: DeepSpeed config file {hard}: "train_micro_batch_size_per_gpu" is 8 but '
         'train.per_device_batch_size is 4; "gradient_accumulation_steps" is 4 but train.grad_accum is 1; set these to '
@@ -119,12 +111,12 @@ def secret_runs(demo, tmp_path_factory):
     """Full (2 processes) and LoRA (1 process) runs with checkpoints and W&B offline, with
     credentials in the environment."""
     tmp = tmp_path_factory.mktemp("secrets")
-    procs = {}
-    for name, method, processes in (("full", "full", 2), ("lora", "lora", 1)):
-        procs[name] = check(launch("train/finetune.py", *run_overrides(demo, tmp, name, method, steps=4),
-                                   "train.checkpoint_every=2", "train.keep_checkpoints=2", processes=processes,
-                                   launcher_args=("--main_process_port", free_port()), env=SECRETS))
-    return tmp, procs
+    # Side by side (run folders of their own): the one-process run leaves a core idle.
+    futures = two_at_a_time({name: functools.partial(launch, "train/finetune.py", *run_overrides(demo, tmp, name, method, steps=4),
+                                                     "train.checkpoint_every=2", "train.keep_checkpoints=2",
+                                                     processes=processes, env=SECRETS)
+                             for name, method, processes in (("full", "full", 2), ("lora", "lora", 1))})
+    return tmp, {name: check(future.result()) for name, future in futures.items()}
 
 
 def test_no_secret_reaches_the_run_folder_the_logs_or_wandb(secret_runs):
@@ -140,8 +132,7 @@ def test_no_secret_reaches_the_run_folder_the_logs_or_wandb(secret_runs):
 
 
 def test_a_secret_pasted_into_an_override_is_refused_without_echoing_it(demo, tmp_path):
-    proc = launch("train/finetune.py", *run_overrides(demo, tmp_path, "r", "lora"), f"tracker.group={SECRETS['HF_TOKEN']}",
-                  launcher_args=("--main_process_port", free_port()), env=SECRETS)
+    proc = launch("train/finetune.py", *run_overrides(demo, tmp_path, "r", "lora"), f"tracker.group={SECRETS['HF_TOKEN']}", env=SECRETS)
     assert sumtune_lines(proc) == ["sumtune: error: config key 'tracker.group' holds the value of $HF_TOKEN; credentials "
                                    "stay in the environment (the run config is saved in the run folder and sent to W&B)"]
     assert all(v not in proc.stdout + proc.stderr for v in SECRETS.values())
@@ -198,7 +189,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(demo, tmp_path):
         pytest.skip("cannot mount a small filesystem here (needs unshare -rm)")
     args = [*run_overrides(demo, out, "r", "full", steps=4), "train.checkpoint_every=2", "tracker.backend=none"]
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ACCELERATE_DIR / "cpu_2proc.yaml"),
-           "--main_process_port", free_port(), str(REPO / "train/finetune.py"), *args]
+           "--main_process_port", str(free_port()), str(REPO / "train/finetune.py"), *args]
     # The filesystem lives only inside the namespace: copy what the run left out of it before leaving.
     script = f'mount -t tmpfs -o size=32m tmpfs {out} && "$@"; rc=$?; cp -a {out}/. {snap}/; exit $rc'
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -219,8 +210,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(demo, tmp_path):
 
     # Space again (the snapshot lies on the real disk): the run resumes from step 2 and finishes.
     resumed = check(launch("train/finetune.py", *run_overrides(demo, snap, "r", "full", steps=4),
-                           "train.checkpoint_every=2", "tracker.backend=none", "resume=auto",
-                           launcher_args=("--main_process_port", free_port())))
+                           "train.checkpoint_every=2", "tracker.backend=none", "resume=auto"))
     assert f"resuming from {ckpts / 'step-000002'} at step 2" in resumed.stdout
     assert [r["step"] for r in read_jsonl(snap / "r" / "train_log.jsonl") if "loss" in r] == [2, 4]
     assert (snap / "r" / "metrics.json").is_file()

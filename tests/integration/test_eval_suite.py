@@ -1,12 +1,13 @@
 """In-training ROUGE with best/ and early stopping, prompt baselines, comparison, inference CLI."""
 
 import csv
+import functools
 import json
 import os
 import subprocess
 
 import pytest
-from helpers import BIN, REPO, check, launch, read_jsonl, run_overrides
+from helpers import BIN, REPO, check, launch, read_jsonl, run_overrides, two_at_a_time
 
 
 def overrides(demo, tmp, name, *extra):
@@ -17,11 +18,29 @@ def overrides(demo, tmp, name, *extra):
                    f"test: {tmp}/no-such-test.jsonl}}", *extra]
 
 
+EARLY_STOP = ("train.rouge_every=1", "train.rouge_examples=4", "train.early_stopping_patience=1",
+              # A learning rate too small to change any summary: no new best after the first score.
+              "train.lr=1e-12", "train.max_steps=20")
+
+
 @pytest.fixture(scope="module")
-def rouge_run(demo, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("suite")
-    check(launch("train/finetune.py", *overrides(demo, tmp, "lora-rouge", "train.rouge_every=2", "train.rouge_examples=8",
-                                                 "train.lr=3e-3")))
+def launches(demo, tmp_path_factory):
+    """The run with in-training ROUGE and the early-stopping run, launched two at a time (folders
+    of their own): a launch spends part of its time in one process (the launcher starting, rank 0
+    saving). name -> (its output folder, a Future of the launch)."""
+    folders = {"rouge": tmp_path_factory.mktemp("suite"), "stop": tmp_path_factory.mktemp("stop")}
+    futures = two_at_a_time({
+        "rouge": functools.partial(launch, "train/finetune.py", *overrides(
+            demo, folders["rouge"], "lora-rouge", "train.rouge_every=2", "train.rouge_examples=8", "train.lr=3e-3")),
+        "stop": functools.partial(launch, "train/finetune.py", *overrides(demo, folders["stop"], "stop", *EARLY_STOP)),
+    })
+    return {name: (folders[name], futures[name]) for name in folders}
+
+
+@pytest.fixture(scope="module")
+def rouge_run(launches):
+    tmp, future = launches["rouge"]
+    check(future.result())
     return tmp, tmp / "lora-rouge"
 
 
@@ -45,11 +64,9 @@ def test_best_is_the_step_with_the_highest_validation_score(rouge_run, demo):
     assert not (run / "best.tmp").exists() and not (run / "best.old").exists()
 
 
-def test_early_stopping_is_agreed_across_ranks(demo, tmp_path):
-    # A learning rate too small to change any summary: no new best after the first score.
-    proc = check(launch("train/finetune.py", *overrides(demo, tmp_path, "stop", "train.rouge_every=1",
-                                                        "train.rouge_examples=4", "train.early_stopping_patience=1",
-                                                        "train.lr=1e-12", "train.max_steps=20")))
+def test_early_stopping_is_agreed_across_ranks(launches):
+    tmp_path, future = launches["stop"]
+    proc = check(future.result())
     metrics = json.loads((tmp_path / "stop" / "metrics.json").read_text())
     assert metrics["stopped_early"] is True and metrics["step"] == 2 and metrics["world_size"] == 2
     assert "saved" in proc.stdout
@@ -118,31 +135,36 @@ def test_compare_cli_rebuilds_the_table_from_folders_with_another_baseline(evalu
 def test_inference_cli_gives_the_evaluation_summaries(evaluated, rouge_run, demo, tmp_path):
     _, run = rouge_run
     out = tmp_path / "summaries.jsonl"
-    proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
-                           "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out), "data.max_source_length=160"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env=BARE_ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cli = read_jsonl(out)
+    sorted_out = tmp_path / "sorted.jsonl"
     evaluation = read_jsonl(evaluated / "lora" / "predictions.jsonl")
+    first = evaluation[0]
+
+    def summarize(*args: str, stdin: str | None = None):
+        return functools.partial(subprocess.run, [str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
+                                                  *args], input=stdin, capture_output=True, text=True, cwd=REPO, timeout=300,
+                                 env=BARE_ENV)
+
+    # Each run is one process: two at a time. The last one needs the first one's output file.
+    runs = two_at_a_time({
+        "jsonl": summarize("--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out), "data.max_source_length=160"),
+        # model.generate over length-sorted batches, in one process
+        "sorted": summarize("--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(sorted_out),
+                            "data.max_source_length=160", "generation.refill=false"),
+        # one dialogue on stdin
+        "stdin": summarize("data.max_source_length=160", stdin=first["dialogue"]),
+    })
+    proc = runs["jsonl"].result()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # nothing the user has is overwritten
+    again = summarize("--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out))()
+    assert again.returncode == 2 and "already exists" in again.stderr
+    cli = read_jsonl(out)
     assert [r["id"] for r in cli] == [r["id"] for r in evaluation]
     assert [r["summary"] for r in cli] == [r["prediction"] for r in evaluation]
     # model.generate over length-sorted batches, in one process, gives what the refill decoder gave in two
-    sorted_out = tmp_path / "sorted.jsonl"
-    proc = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
-                           "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(sorted_out),
-                           "data.max_source_length=160", "generation.refill=false"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env=BARE_ENV)
+    proc = runs["sorted"].result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["summary"] for r in read_jsonl(sorted_out)] == [r["prediction"] for r in evaluation]
-    # one dialogue on stdin
-    first = evaluation[0]
-    one = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run), "data.max_source_length=160"],
-                         input=first["dialogue"], capture_output=True, text=True, cwd=REPO, timeout=300,
-                         env=BARE_ENV)
+    one = runs["stdin"].result()
     assert one.returncode == 0, one.stderr[-3000:]
     assert one.stdout.strip() == first["prediction"]
-    # nothing the user has is overwritten
-    again = subprocess.run([str(BIN / "python"), str(REPO / "eval/summarize.py"), "--model", str(run),
-                            "--jsonl", str(demo["data"] / "test.jsonl"), "--out", str(out)],
-                           capture_output=True, text=True, cwd=REPO, timeout=300, env=BARE_ENV)
-    assert again.returncode == 2 and "already exists" in again.stderr

@@ -6,6 +6,7 @@ download leaves it: the published tokenizer files, a tiny random model of the pu
 class, the hub dataset's files, columns and prepared Arrow cache), and HF_HUB_OFFLINE=1.
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, read_jsonl
+from helpers import REPO, read_jsonl, two_at_a_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hubcache  # noqa: E402
@@ -60,16 +61,37 @@ def _run(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.Compl
     return proc
 
 
+SMALL = ["train.max_steps=2", "train.per_device_batch_size=2", "train.log_every=1", "train.eval_max_batches=1",
+         "data.max_train_examples=4", "data.max_eval_examples=9", "generation.max_new_tokens=8", "generation.batch_size=4",
+         "tracker.backend=none"]
+
+
+def _train_and_evaluate(config: Path, env: dict, tmp: Path) -> tuple:
+    """train/finetune.py with the shipped config, then eval/evaluate.py on its hub id and the run."""
+    hub_id = yaml.safe_load(config.read_text())["model"]["name_or_path"]
+    train = _run("train/finetune.py", ["--config", str(config), "run_name=run", f"output_dir={tmp}", *SMALL], env, tmp)
+    evaluated = _run("eval/evaluate.py", ["--config", str(config), "--out", str(tmp / "eval"), "--candidate",
+                                          f"base={hub_id}", "--candidate", f"trained={tmp / 'run'}", *SMALL], env, tmp)
+    return train, evaluated
+
+
+@pytest.fixture(scope="module")
+def runs(cache, tmp_path_factory):
+    """Every config trained and evaluated by its own script runs, two configs at a time (each run is
+    one process on one thread): config -> (its folder, a Future of (train, evaluate))."""
+    _, env = cache
+    folders = {config: tmp_path_factory.mktemp(config.stem) for config in CONFIGS}
+    futures = two_at_a_time({config: functools.partial(_train_and_evaluate, config, env, folder)
+                             for config, folder in folders.items()})
+    return {config: (folders[config], futures[config]) for config in CONFIGS}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_shipped_config_trains_and_evaluates_offline_by_its_hub_ids(config, cache, tmp_path):
-    root, env = cache
+def test_shipped_config_trains_and_evaluates_offline_by_its_hub_ids(config, runs):
+    tmp_path, future = runs[config]
     shipped = yaml.safe_load(config.read_text())
     hub_id, source = shipped["model"]["name_or_path"], shipped["data"]["source"]
-    small = ["train.max_steps=2", "train.per_device_batch_size=2", "train.log_every=1", "train.eval_max_batches=1",
-             "data.max_train_examples=4", "data.max_eval_examples=9", "generation.max_new_tokens=8",
-             "generation.batch_size=4", "tracker.backend=none"]
-    train = _run("train/finetune.py", ["--config", str(config), "run_name=run", f"output_dir={tmp_path}", *small], env,
-                 tmp_path)
+    train, _ = future.result()
     run = tmp_path / "run"
     saved = yaml.safe_load((run / "sumtune_config.yaml").read_text())
     assert (saved["model"]["name_or_path"], saved["data"]["source"]) == (hub_id, source)
@@ -82,8 +104,6 @@ def test_shipped_config_trains_and_evaluates_offline_by_its_hub_ids(config, cach
     assert "{dialogue}" not in frame and "Summarize" in frame
 
     out = tmp_path / "eval"
-    _run("eval/evaluate.py", ["--config", str(config), "--out", str(out), "--candidate", f"base={hub_id}",
-                              "--candidate", f"trained={run}", *small], env, tmp_path)
     rows = read_jsonl(out / "trained" / "predictions.jsonl")
     metrics = json.loads((out / "trained" / "metrics.json").read_text())
     if source == "dialogsum":  # 9 rows of the test split: 3 dialogues x 3 references, generated once each

@@ -6,13 +6,15 @@ DeepSpeed) runs under DDP, and a 2-process AdaLoRA run killed mid-way resumes ex
 budget's running scores included.
 """
 
+import functools
 import json
 import sys
+from concurrent.futures import wait
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault
+from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault, two_at_a_time
 
 sys.path.insert(0, str(REPO / "tests"))
 import zoo  # noqa: E402
@@ -40,9 +42,8 @@ SMALL = ["model.lora.r=4", "model.lora.dropout=0.0", "model.adalora.init_r=6", "
 
 
 @pytest.fixture(scope="module")
-def t5(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {**zoo.build_zoo(root, archs=("t5",)), "data": zoo.write_data(root / "data", sizes=(32, 8, 8))}
+def t5(zoo_build, tmp_path_factory):
+    return {"t5": zoo_build["t5"], "data": zoo.write_data(tmp_path_factory.mktemp("data"), sizes=(32, 8, 8))}
 
 
 def overrides(t5, out: Path, name: str, method: str, steps: int, *extra: str) -> list[str]:
@@ -98,32 +99,43 @@ def test_each_method_under_ddp_zero2_and_zero3_computes_what_one_process_compute
     from sumtune.config import load_config
 
     method, extra = CELLS[cell]
-    one_process(overrides(t5, tmp_path, "one", method, 3, *extra))
-    ref = tmp_path / "one"
-    # The reference moved the adapter by far more than the tolerance: the comparison means something.
-    cfg = load_config(ref / "sumtune_config.yaml")
-    family = models.model_family(cfg.model.name_or_path)
-    from accelerate.utils import set_seed
 
-    set_seed(cfg.train.seed)
-    start = get_peft_model_state_dict(methods.wrap(models.load_model(cfg.model.name_or_path, family=family), cfg.model,
-                                                   family, 3))
-    trained = adapter(ref)
-    # (PiSSA's saved adapter is converted to rank 2r: its first r rows of A, columns of B, are the trained ones.)
-    moved = [(trained[k][: v.shape[0], : v.shape[1]] if v.ndim == 2 else trained[k]) - v for k, v in start.items()]
-    assert max(d.abs().max().item() for d in moved) > 10 * TOL
-    for config in TOPOLOGIES:
-        name = config.removesuffix(".yaml")
+    def rouge(config: str) -> list[str]:
         # ZeRO-3 also generates (every rank in lockstep); prompt tuning is refused that (methods.check).
-        rouge = ["train.rouge_every=3", "train.rouge_examples=4"] if "zero3" in config and method != "prompt" else []
-        proc = two_processes(overrides(t5, tmp_path, name, method, 3, *extra, *rouge), config)
-        assert "DistributedType.DEEPSPEED" in proc.stdout if "deepspeed" in config else "MULTI_CPU" in proc.stdout
-        run = tmp_path / name
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["world_size"] == 2 and metrics["method"] == method
-        assert_same(run, ref)
-        if rouge:  # the in-training ROUGE under ZeRO-3 saved a best/
-            assert metrics["best_step"] == 3 and (run / "best/adapter_model.safetensors").is_file()
+        return ["train.rouge_every=3", "train.rouge_examples=4"] if "zero3" in config and method != "prompt" else []
+
+    # The three launches (each run in a folder of its own) two at a time, the reference meanwhile
+    # in this process: a launch spends part of its time in one process (the launcher starting,
+    # rank 0 saving), and none of these runs reads another's files.
+    launches = two_at_a_time({config: functools.partial(two_processes, overrides(t5, tmp_path, config.removesuffix(".yaml"),
+                                                                                 method, 3, *extra, *rouge(config)), config)
+                              for config in TOPOLOGIES})
+    try:
+        one_process(overrides(t5, tmp_path, "one", method, 3, *extra))
+        ref = tmp_path / "one"
+        # The reference moved the adapter by far more than the tolerance: the comparison means something.
+        cfg = load_config(ref / "sumtune_config.yaml")
+        family = models.model_family(cfg.model.name_or_path)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.train.seed)
+        start = get_peft_model_state_dict(methods.wrap(models.load_model(cfg.model.name_or_path, family=family),
+                                                       cfg.model, family, 3))
+        trained = adapter(ref)
+        # (PiSSA's saved adapter is converted to rank 2r: its first r rows of A, columns of B, are the trained ones.)
+        moved = [(trained[k][: v.shape[0], : v.shape[1]] if v.ndim == 2 else trained[k]) - v for k, v in start.items()]
+        assert max(d.abs().max().item() for d in moved) > 10 * TOL
+        for config in TOPOLOGIES:
+            proc = launches[config].result()
+            assert "DistributedType.DEEPSPEED" in proc.stdout if "deepspeed" in config else "MULTI_CPU" in proc.stdout
+            run = tmp_path / config.removesuffix(".yaml")
+            metrics = json.loads((run / "metrics.json").read_text())
+            assert metrics["world_size"] == 2 and metrics["method"] == method
+            assert_same(run, ref)
+            if rouge(config):  # the in-training ROUGE under ZeRO-3 saved a best/
+                assert metrics["best_step"] == 3 and (run / "best/adapter_model.safetensors").is_file()
+    finally:
+        wait(launches.values())  # none left running into the next test
     # The adapter saved under ZeRO-3 is a plain peft folder, and merges into what base + adapter computes.
     zero3 = tmp_path / "deepspeed_zero3"
     loaded = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(t5["t5"]), str(zero3)).eval()
@@ -141,13 +153,18 @@ def test_adalora_under_ddp_computes_what_one_process_computes_and_resumes_exactl
     """Killed inside step 5 of 8 (after the optimizer step, before the budget update is logged or
     checkpointed): resume=auto from the step-4 checkpoint ends with the losses, the adapter and the
     rank pattern of the run never interrupted."""
-    one_process(overrides(t5, tmp_path, "one", "adalora", 8))
-    check(launch("train/finetune.py", *overrides(t5, tmp_path, "straight", "adalora", 8), "train.checkpoint_every=2"))
+    # The uninterrupted run launched beside the reference and the killed run (folders of their own).
+    straight_run = two_at_a_time({"straight": functools.partial(
+        launch, "train/finetune.py", *overrides(t5, tmp_path, "straight", "adalora", 8), "train.checkpoint_every=2")})
+    try:
+        one_process(overrides(t5, tmp_path, "one", "adalora", 8))
+        killed = [*overrides(t5, tmp_path, "killed", "adalora", 8), "train.checkpoint_every=2"]
+        run_into_fault(killed, "step:5", tmp_path / "pids")
+        proc = check(launch("train/finetune.py", *killed, "resume=auto"))
+        check(straight_run["straight"].result())
+    finally:
+        wait(straight_run.values())
     assert_same(tmp_path / "straight", tmp_path / "one")
-
-    killed = [*overrides(t5, tmp_path, "killed", "adalora", 8), "train.checkpoint_every=2"]
-    run_into_fault(killed, "step:5", tmp_path / "pids")
-    proc = check(launch("train/finetune.py", *killed, "resume=auto"))
     assert "at step 4" in proc.stdout
     straight, resumed = tmp_path / "straight", tmp_path / "killed"
     assert losses(resumed) == pytest.approx(losses(straight), abs=1e-6)

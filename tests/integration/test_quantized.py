@@ -1,9 +1,10 @@
 """LoRA on an 8-bit or 4-bit (bitsandbytes) base: alone, under DDP and ZeRO-2; refused with ZeRO-3."""
 
+import functools
 import json
 
 import pytest
-from helpers import check, launch, read_jsonl, run_overrides
+from helpers import check, launch, read_jsonl, run_overrides, two_at_a_time
 
 
 def quantized(demo, tmp, name, bits, steps=4):
@@ -11,14 +12,30 @@ def quantized(demo, tmp, name, bits, steps=4):
             f"train.rouge_every={steps}", "train.rouge_examples=6", "tracker.backend=none"]
 
 
-@pytest.mark.parametrize("bits, config, args, world", [
+CASES = [
     ("8bit", "cpu_2proc.yaml", (), 2),
     ("8bit", "deepspeed_zero2.yaml", ("--num_processes", "2", "--mixed_precision", "no"), 2),
     ("4bit", "cpu_1proc.yaml", (), 1),
-])
-def test_quantized_lora_trains_and_evaluates(bits, config, args, world, demo, tmp_path):
+]
+
+
+@pytest.fixture(scope="module")
+def launches(demo, tmp_path_factory):
+    """Every case launched, two at a time (run folders of their own): a one-process run leaves a
+    core idle, a two-process launch spends part of its time in one process. name -> (its output
+    folder, a Future of the launch)."""
+    tmp = tmp_path_factory.mktemp("quantized")
+    jobs = {f"{bits}-{config.removesuffix('.yaml')}": functools.partial(
+        launch, "train/finetune.py", *quantized(demo, tmp, f"{bits}-{config.removesuffix('.yaml')}", bits), config=config,
+        launcher_args=args) for bits, config, args, _ in CASES}
+    return tmp, two_at_a_time(jobs)
+
+
+@pytest.mark.parametrize("bits, config, args, world", CASES)
+def test_quantized_lora_trains_and_evaluates(bits, config, args, world, launches):
     name = f"{bits}-{config.removesuffix('.yaml')}"
-    proc = check(launch("train/finetune.py", *quantized(demo, tmp_path, name, bits), config=config, launcher_args=args))
+    tmp_path, futures = launches
+    proc = check(futures[name].result())
     assert f"method lora, base in {bits}" in proc.stdout
     run = tmp_path / name
     metrics = json.loads((run / "metrics.json").read_text())

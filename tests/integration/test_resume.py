@@ -2,6 +2,7 @@
 same losses and ends with the same weights as a run that was never interrupted (dropout ON: the
 RNG states of every rank are restored)."""
 
+import functools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from helpers import (
     run_overrides,
     start,
     stop,
+    two_at_a_time,
     wait_for,
 )
 
@@ -41,19 +43,40 @@ def _weights(run: Path) -> dict:
     return load_file(run / "model.safetensors")
 
 
+def straight_run(demo, tmp: Path, accum: int, config: str) -> Path:
+    check(launch("train/finetune.py", *overrides(demo, tmp, "straight", accum), config=config))
+    return tmp / "straight"
+
+
+@pytest.fixture(scope="module")
+def straight_runs(demo, tmp_path_factory):
+    """(config, accum) -> a Future of the uninterrupted run of overrides(), launched (in the
+    background, in a folder of its own) once for every test that compares with it."""
+    started: dict = {}
+
+    def get(config: str, accum: int):
+        if (config, accum) not in started:
+            job = functools.partial(straight_run, demo, tmp_path_factory.mktemp("straight"), accum, config)
+            started[(config, accum)] = two_at_a_time({"straight": job})["straight"]
+        return started[(config, accum)]
+
+    return get
+
+
 @pytest.mark.parametrize("config, accum", [("cpu_1proc.yaml", 2), ("cpu_2proc.yaml", 1)])
-def test_killed_run_resumes_exactly(config, accum, demo, tmp_path):
-    check(launch("train/finetune.py", *overrides(demo, tmp_path, "straight", accum), config=config))
+def test_killed_run_resumes_exactly(config, accum, demo, straight_runs, tmp_path):
+    straight_future = straight_runs(config, accum)  # launched beside the run killed here
     kill_when(overrides(demo, tmp_path, "killed", accum), config, tmp_path / "killed/checkpoints/step-000006")
     run = tmp_path / "killed"
     assert not (run / "metrics.json").exists()
     proc = check(launch("train/finetune.py", *overrides(demo, tmp_path, "killed", accum, "resume=auto"), config=config))
     assert "resuming from" in proc.stdout
-    straight = [(r["step"], r["loss"]) for r in read_jsonl(tmp_path / "straight/train_log.jsonl") if "loss" in r]
+    uninterrupted = straight_future.result()
+    straight = [(r["step"], r["loss"]) for r in read_jsonl(uninterrupted / "train_log.jsonl") if "loss" in r]
     resumed = [(r["step"], r["loss"]) for r in read_jsonl(run / "train_log.jsonl") if "loss" in r]
     assert [s for s, _ in resumed] == [s for s, _ in straight] == list(range(2, STEPS + 1, 2))
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-6)
-    a, b = _weights(tmp_path / "straight"), _weights(run)
+    a, b = _weights(uninterrupted), _weights(run)
     for key in a:
         assert (a[key] - b[key]).abs().max().item() <= 1e-6, key
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -75,10 +98,11 @@ def test_resume_refuses_a_config_that_trains_something_else(demo, tmp_path):
     assert (tmp_path / "r/metrics.json").is_file()
 
 
-def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, tmp_path):
+def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, straight_runs, tmp_path):
     """SIGUSR1 reaches ONE worker of a 2-process run (as the sbatch trap delivers it): both ranks
     agree at the next step, checkpoint, exit with 75 (EX_TEMPFAIL) and leave a marker; resume=auto
     (what a requeued job runs) finishes the run with the uninterrupted run's weights."""
+    uninterrupted = straight_runs("cpu_2proc.yaml", 1).result()  # before the signals: nothing else runs then
     pid_dir = tmp_path / "pids"
     args = overrides(demo, tmp_path, "pre", 1, "train.checkpoint_every=10", "train.keep_checkpoints=3")
     proc = start("train/finetune.py", *args, pid_dir=pid_dir, config="cpu_2proc.yaml")
@@ -100,10 +124,9 @@ def test_sigusr1_to_one_rank_checkpoints_exits_and_resumes(demo, tmp_path):
     assert not (tmp_path / "pre" / "metrics.json").exists()
     check(launch("train/finetune.py", *args, "resume=auto", processes=2))
     assert not (tmp_path / "pre" / "preempted").exists()
-    check(launch("train/finetune.py", *overrides(demo, tmp_path, "straight", 1), processes=2))
     # The preemption checkpoint sits between two logging steps (log_every=2) when the step is odd:
     # the logging window so far travels in the checkpoint, so the logs match too.
-    assert_same_run(tmp_path / "straight", tmp_path / "pre")
+    assert_same_run(uninterrupted, tmp_path / "pre")
 
 
 # ----------------------------------------------------------------------------- kills at chosen points
@@ -153,12 +176,17 @@ def complete(run: Path) -> list[int]:
     return [int(p.name.split("-")[1]) for p in checkpoints.complete_checkpoints(run)]
 
 
-@pytest.fixture(scope="module")
-def ddp_straight(demo, tmp_path_factory) -> Path:
-    """The uninterrupted two-process run the fault tests compare with."""
-    tmp = tmp_path_factory.mktemp("straight")
+def fault_straight_run(demo, tmp: Path) -> Path:
     check(launch("train/finetune.py", *fault_overrides(demo, tmp, "straight"), processes=2))
     return tmp / "straight"
+
+
+@pytest.fixture(scope="module")
+def ddp_straight(demo, tmp_path_factory):
+    """A Future of the uninterrupted two-process run the fault tests compare with, launched in the
+    background (in a folder of its own) when the first of them starts."""
+    job = functools.partial(fault_straight_run, demo, tmp_path_factory.mktemp("straight"))
+    return two_at_a_time({"straight": job})["straight"]
 
 
 def test_killed_inside_a_step_during_a_save_rouge_and_val_loss_resumes_exactly(demo, ddp_straight, tmp_path):
@@ -189,8 +217,9 @@ def test_killed_inside_a_step_during_a_save_rouge_and_val_loss_resumes_exactly(d
         if fault == "val:10":
             assert not any("val_loss" in r for r in logged if r["step"] == 10)
     check(launch("train/finetune.py", *args, "resume=auto", processes=2))
-    assert_same_run(ddp_straight, run)
-    assert json.loads((run / "best/best.json").read_text()) == json.loads((ddp_straight / "best/best.json").read_text())
+    straight = ddp_straight.result()
+    assert_same_run(straight, run)
+    assert json.loads((run / "best/best.json").read_text()) == json.loads((straight / "best/best.json").read_text())
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000014", "step-000016"]  # no .tmp left
 
 
@@ -214,6 +243,7 @@ def test_a_second_signal_during_the_preemption_save_changes_nothing(demo, ddp_st
     ends it (-15), or, while the preemption handler still swallows SIGTERM, its SIGKILL 30 s later (-9)."""
     from sumtune.preemption import EXIT_PREEMPTED
 
+    straight = ddp_straight.result()  # before the signals: nothing else runs then
     run, pids = tmp_path / "twice", tmp_path / "pids"
     args = fault_overrides(demo, tmp_path, "twice", checkpoint_every=0)  # the preemption save is the only one
     proc = start("train/finetune.py", *args, pid_dir=pids, config="cpu_2proc.yaml", env={"SUMTUNE_FAULT": "save-pause:*@1"})
@@ -243,7 +273,7 @@ def test_a_second_signal_during_the_preemption_save_changes_nothing(demo, ddp_st
     assert {checkpoints.STATE_FILE, "model.safetensors", "optimizer.bin", "random_states_0.pkl",
             "random_states_1.pkl"} <= written
     check(launch("train/finetune.py", *args, "resume=auto", processes=2))
-    assert_same_run(ddp_straight, run)
+    assert_same_run(straight, run)
 
 
 @pytest.mark.parametrize("config, method, fault", [
@@ -258,8 +288,13 @@ def test_deepspeed_run_killed_and_resumed_ends_as_the_uninterrupted_one(config, 
     def args(name: str) -> list[str]:
         return fault_overrides(demo, tmp_path, name, method, steps=12, rouge_every=0)
 
-    check(launch("train/finetune.py", *args("straight"), config=config, launcher_args=DEEPSPEED_ON_CPU))
-    run_into_fault(args("killed"), fault, tmp_path / "pids", config=config, launcher_args=DEEPSPEED_ON_CPU)
+    # The uninterrupted run launched beside the killed one (folders of their own).
+    straight = two_at_a_time({"straight": functools.partial(launch, "train/finetune.py", *args("straight"), config=config,
+                                                            launcher_args=DEEPSPEED_ON_CPU)})["straight"]
+    try:
+        run_into_fault(args("killed"), fault, tmp_path / "pids", config=config, launcher_args=DEEPSPEED_ON_CPU)
+    finally:
+        check(straight.result())
     assert complete(tmp_path / "killed") == [2, 4]
     if fault.startswith("save"):  # DeepSpeed's shards written, the checkpoint not marked complete
         tmp = tmp_path / "killed" / "checkpoints" / "step-000006.tmp"

@@ -7,11 +7,12 @@ and so must ONE process with one batch of 8 (the loss weighs every target token 
 Random batches, so that every cut of a step holds the same examples. Dropout is off here: each rank draws its own masks, so with dropout the runs differ by design.
 """
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
-from helpers import REPO, check, launch, read_jsonl, run_overrides
+from helpers import REPO, check, launch, read_jsonl, run_overrides, two_at_a_time
 
 TOL = 1e-5
 TWO = ("--num_processes", "2", "--mixed_precision", "no")
@@ -65,9 +66,21 @@ def equivalence_run(demo, tmp: Path, config: str, batch_accum: tuple[int, int] |
 
 
 @pytest.fixture(scope="module")
-def reference(demo, tmp_path_factory):
+def runs(demo, tmp_path_factory):
+    """Every equivalence run of this module (each config of TOPOLOGIES, and one process with one
+    batch of 8), each in a folder of its own, two at a time: a one-process run leaves a core idle,
+    and a two-process launch spends part of its time in one process (the launcher starting, rank 0
+    saving). Returns (their folder, config or "batch8" -> a Future of the run folder)."""
     tmp = tmp_path_factory.mktemp("scale")
-    return tmp, equivalence_run(demo, tmp, "cpu_1proc.yaml")
+    jobs = {config: functools.partial(equivalence_run, demo, tmp, config) for config in TOPOLOGIES}
+    jobs["batch8"] = functools.partial(equivalence_run, demo, tmp, "cpu_1proc.yaml", (8, 1), "batch8")
+    return tmp, two_at_a_time(jobs)
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    tmp, futures = runs
+    return tmp, futures["cpu_1proc.yaml"].result()
 
 
 def _losses(run: Path) -> list[float]:
@@ -85,9 +98,9 @@ def _weights(run: Path) -> dict:
 
 
 @pytest.mark.parametrize("config", [c for c in TOPOLOGIES if c != "cpu_1proc.yaml"])
-def test_topology_matches_one_process_with_accumulation(config, reference, demo):
+def test_topology_matches_one_process_with_accumulation(config, reference, runs):
     tmp, ref = reference
-    run = equivalence_run(demo, tmp, config)
+    run = runs[1][config].result()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["plan"]["effective_batch"] == 8
     assert metrics["world_size"] == (1 if config == "single_gpu.yaml" else 2)
@@ -102,11 +115,11 @@ def test_topology_matches_one_process_with_accumulation(config, reference, demo)
         assert (a[key] - b[key]).abs().max().item() < TOL, key
 
 
-def test_one_process_with_batch_8_matches_the_accumulated_reference(reference, demo):
+def test_one_process_with_batch_8_matches_the_accumulated_reference(reference, runs):
     """The loss is token-weighted over the whole optimizer step, so 4 x 2 accumulation (and with it
     every topology above) trains exactly as one batch of 8 does, summaries of unequal lengths."""
     tmp, ref = reference
-    run = equivalence_run(demo, tmp, "cpu_1proc.yaml", (8, 1), name="batch8")
+    run = runs[1]["batch8"].result()
     assert json.loads((run / "metrics.json").read_text())["plan"]["effective_batch"] == 8
     assert _losses(run) == pytest.approx(_losses(ref), abs=TOL)
     assert _grad_norms(run) == pytest.approx(_grad_norms(ref), rel=TOL)
@@ -116,7 +129,7 @@ def test_one_process_with_batch_8_matches_the_accumulated_reference(reference, d
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_zero3_saved_model_reloads_and_generates_what_it_generated_in_training(method, reference, demo):
+def test_zero3_saved_model_reloads_and_generates_what_it_generated_in_training(method, reference, runs, demo):
     """A model or adapter saved under ZeRO-3 (gathered from both ranks) loads with plain
     transformers/peft and, prompted the same way, gives the validation ROUGE the run measured in
     training at its last step."""
@@ -130,9 +143,7 @@ def test_zero3_saved_model_reloads_and_generates_what_it_generated_in_training(m
 
     tmp, _ = reference
     if method == "full":
-        run = tmp / "deepspeed_zero3"
-        if not run.exists():
-            run = equivalence_run(demo, tmp, "deepspeed_zero3.yaml")
+        run = runs[1]["deepspeed_zero3.yaml"].result()
         model = AutoModelForSeq2SeqLM.from_pretrained(run)
     else:
         from peft import PeftModel
@@ -157,11 +168,9 @@ def test_zero3_saved_model_reloads_and_generates_what_it_generated_in_training(m
             assert (run / "best" / name).read_bytes() == (run / name).read_bytes()
 
 
-def test_evaluation_runs_under_a_zero3_launch(reference, demo):
+def test_evaluation_runs_under_a_zero3_launch(reference, runs, demo):
     tmp, _ = reference
-    run = tmp / "deepspeed_zero3"
-    if not run.exists():
-        run = equivalence_run(demo, tmp, "deepspeed_zero3.yaml")
+    run = runs[1]["deepspeed_zero3.yaml"].result()
     out = tmp / "eval-zero3"
     proc = check(launch("eval/evaluate.py", "--out", str(out), "--candidate", f"full={run}",
                         *run_overrides(demo, tmp, "unused", "full"), "tracker.backend=none",

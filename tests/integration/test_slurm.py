@@ -8,26 +8,19 @@ ACCELERATE_USE_CPU=true the MULTI_GPU config forms one gloo group across both la
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl, run_overrides
+from helpers import free_port, read_jsonl, run_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "slurm"
 LAUNCH_NODE = SLURM / "launch_node.sh"
 SBATCH = sorted(SLURM.glob("*.sbatch"))
 TIMEOUT = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_env(rank: int, nnodes: int, port: int, **extra: str) -> dict:

@@ -6,10 +6,11 @@ exactly. Demo data: summaries of unequal lengths; dropout off; fp32 CPU; random 
 each step sees the same examples whatever the cut.
 """
 
+import functools
 from pathlib import Path
 
 import pytest
-from helpers import DEEPSPEED_ON_CPU, check, kill_when, launch, read_jsonl, run_overrides
+from helpers import DEEPSPEED_ON_CPU, check, kill_when, launch, read_jsonl, run_overrides, two_at_a_time
 
 TOL = 1e-5
 # name -> (accelerate config, launcher args, per-device batch, accumulation)
@@ -62,25 +63,54 @@ def same_training(a: Path, b: Path, steps: int) -> None:
         assert wb[key].numel() > 0 and (wa[key] - wb[key]).abs().max().item() < TOL, key
 
 
+PACKED = ("train.batching=packed", "train.max_tokens=480")
+# The killed packed run and its uninterrupted twin: T5, 2 processes under DDP, dropout ON.
+KILLED_STEPS = 12
+KILLED_EXTRA = (*PACKED, "train.dropout=0.1", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.log_every=2")
+
+
 @pytest.fixture(scope="module")
-def causal_batch8(demo, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("step")
-    return tmp, run(demo, tmp, "batch8", "batch8", "causal")
+def runs(demo, tmp_path_factory):
+    """Every run this module compares (each in a folder of its own, under the name it had when each
+    test launched its own), two at a time: a one-process run leaves a core idle, and a two-process
+    launch spends part of its time in one process (the launcher starting, rank 0 saving).
+    key -> a Future of its run folder."""
+    def job(key: str, name: str, cut: str, model: str, *extra: str, steps: int = 4, method: str = "full"):
+        return functools.partial(run, demo, tmp_path_factory.mktemp(key), name, cut, model, *extra, steps=steps,
+                                 method=method)
+
+    lora = (*PACKED, "model.lora.r=4")
+    return two_at_a_time({
+        "causal-batch8": job("causal-batch8", "batch8", "batch8", "causal"),
+        **{f"causal-{cut}": job(f"causal-{cut}", cut, cut, "causal") for cut in ("accum", "ddp", "zero2", "zero3")},
+        "causal-zero3-chunked": job("causal-zero3-chunked", "zero3-chunked", "zero3", "causal", "train.loss=chunked",
+                                    "train.chunk_size=16"),
+        **{f"packed-{model}-accum": job(f"packed-{model}-accum", "accum", "accum", model, *PACKED) for model in ("model", "causal")},
+        **{f"packed-{model}-ddp": job(f"packed-{model}-ddp", "ddp", "ddp", model, *PACKED) for model in ("model", "causal")},
+        # ZeRO-3 with the chunked loss (T5's untied head)
+        **{f"packed-{model}-zero3": job(f"packed-{model}-zero3", "zero3", "zero3", model, *PACKED, "train.loss=chunked")
+           for model in ("model", "causal")},
+        "packed-lora-accum": job("packed-lora-accum", "accum", "accum", "causal", *lora, method="lora"),
+        "packed-lora-zero2": job("packed-lora-zero2", "zero2", "zero2", "causal", *lora, method="lora"),
+        "packed-straight": job("packed-straight", "straight", "ddp", "model", *KILLED_EXTRA, steps=KILLED_STEPS),
+    })
+
+
+@pytest.fixture(scope="module")
+def causal_batch8(runs):
+    return runs["causal-batch8"].result()
 
 
 @pytest.mark.parametrize("cut", ["accum", "ddp", "zero2", "zero3"])
-def test_decoder_only_steps_weigh_every_token_alike_however_cut(cut, causal_batch8, demo):
-    tmp, ref = causal_batch8
-    same_training(ref, run(demo, tmp, cut, cut, "causal"), steps=4)
+def test_decoder_only_steps_weigh_every_token_alike_however_cut(cut, causal_batch8, runs):
+    same_training(causal_batch8, runs[f"causal-{cut}"].result(), steps=4)
 
 
-def test_the_chunked_loss_under_zero3_trains_as_the_plain_loss_in_one_process(causal_batch8, demo):
+def test_the_chunked_loss_under_zero3_trains_as_the_plain_loss_in_one_process(causal_batch8, runs):
     """Under ZeRO-3 the output layer's weight is a shard outside its module's forward: the chunks
     call the layer itself, so DeepSpeed gathers it each time (and again when a chunk is recomputed
     in the backward pass)."""
-    tmp, ref = causal_batch8
-    same_training(ref, run(demo, tmp, "zero3-chunked", "zero3", "causal", "train.loss=chunked", "train.chunk_size=16"),
-                  steps=4)
+    same_training(causal_batch8, runs["causal-zero3-chunked"].result(), steps=4)
 
 
 def test_the_logged_loss_is_the_steps_token_mean(causal_batch8, demo):
@@ -92,7 +122,7 @@ def test_the_logged_loss_is_the_steps_token_mean(causal_batch8, demo):
     from sumtune.batching import Batching
     from sumtune.config import load_config
 
-    _, ref = causal_batch8
+    ref = causal_batch8
     cfg = load_config(ref / "sumtune_config.yaml")
     family = families.resolve(demo["causal"])
     tok = models.load_tokenizer(demo["causal"], family=family)
@@ -107,28 +137,22 @@ def test_the_logged_loss_is_the_steps_token_mean(causal_batch8, demo):
     assert logged(ref, "loss")[0] == pytest.approx(total.item() / tokens.item(), abs=1e-5)
 
 
-PACKED = ("train.batching=packed", "train.max_tokens=480")
-
-
 @pytest.mark.parametrize("model", ["model", "causal"])
-def test_packed_training_is_the_same_under_ddp_and_zero3_as_one_process(model, demo, tmp_path):
-    ref = run(demo, tmp_path, "accum", "accum", model, *PACKED)
-    same_training(ref, run(demo, tmp_path, "ddp", "ddp", model, *PACKED), steps=4)
+def test_packed_training_is_the_same_under_ddp_and_zero3_as_one_process(model, runs):
+    ref = runs[f"packed-{model}-accum"].result()
+    same_training(ref, runs[f"packed-{model}-ddp"].result(), steps=4)
     # ZeRO-3 with the chunked loss (T5's untied head): still the plain, one-process training
-    same_training(ref, run(demo, tmp_path, "zero3", "zero3", model, *PACKED, "train.loss=chunked"), steps=4)
+    same_training(ref, runs[f"packed-{model}-zero3"].result(), steps=4)
 
 
-def test_packed_lora_under_zero2_matches_one_process(demo, tmp_path):
-    extra = (*PACKED, "model.lora.r=4")
-    ref = run(demo, tmp_path, "accum", "accum", "causal", *extra, method="lora")
-    same_training(ref, run(demo, tmp_path, "zero2", "zero2", "causal", *extra, method="lora"), steps=4)
+def test_packed_lora_under_zero2_matches_one_process(runs):
+    same_training(runs["packed-lora-accum"].result(), runs["packed-lora-zero2"].result(), steps=4)
 
 
-def test_a_killed_packed_run_resumes_exactly(demo, tmp_path):
+def test_a_killed_packed_run_resumes_exactly(demo, runs, tmp_path):
     """T5, packed rows, 2 processes under DDP, dropout ON (the RNG states are restored)."""
-    steps = 12
-    extra = [*PACKED, "train.dropout=0.1", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.log_every=2"]
-    straight = run(demo, tmp_path, "straight", "ddp", "model", *extra, steps=steps)
+    steps, extra = KILLED_STEPS, KILLED_EXTRA
+    straight = runs["packed-straight"].result()
     _, _, args = launch_args(demo, tmp_path, "killed", "ddp", "model", *extra, steps=steps)
     kill_when(args, "cpu_2proc.yaml", tmp_path / "killed/checkpoints/step-000004")
     assert not (tmp_path / "killed/metrics.json").exists()

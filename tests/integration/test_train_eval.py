@@ -1,24 +1,35 @@
 """End to end: train LoRA and full with two processes, evaluate with two processes, check the files."""
 
 import csv
+import functools
 import json
 import subprocess
 import sys
 
 import pytest
-from helpers import check, launch, read_jsonl, run_overrides
+from helpers import check, launch, read_jsonl, run_overrides, two_at_a_time
 
 from sumtune import rouge
 
 
 @pytest.fixture(scope="module")
 def runs(demo, tmp_path_factory):
+    """The LoRA and full runs, and LoRA under ZeRO-2 (compared with the LoRA run by the last test),
+    launched two at a time, each in a folder of its own: a launch spends part of its time in one
+    process (the launcher starting, rank 0 saving)."""
     tmp = tmp_path_factory.mktemp("runs")
-    lora = check(launch("train/finetune.py", *run_overrides(demo, tmp, "lora", "lora")))
-    # 21 validation examples: 3 batches of 4 per rank, the last round filled up by repeats.
-    full = check(launch("train/finetune.py", *run_overrides(demo, tmp, "full", "full", steps=4),
-                        "data.max_eval_examples=21", "train.eval_max_batches=0"))
-    return {"tmp": tmp, "lora": tmp / "lora", "full": tmp / "full", "lora_proc": lora, "full_proc": full}
+    launches = two_at_a_time({
+        "lora": functools.partial(launch, "train/finetune.py", *run_overrides(demo, tmp, "lora", "lora")),
+        # 21 validation examples: 3 batches of 4 per rank, the last round filled up by repeats.
+        "full": functools.partial(launch, "train/finetune.py", *run_overrides(demo, tmp, "full", "full", steps=4),
+                                  "data.max_eval_examples=21", "train.eval_max_batches=0"),
+        "lora-zero2": functools.partial(launch, "train/finetune.py", *run_overrides(demo, tmp, "lora-zero2", "lora"),
+                                        config="deepspeed_zero2.yaml",
+                                        launcher_args=("--num_processes", "2", "--mixed_precision", "no")),
+    })
+    lora, full = check(launches["lora"].result()), check(launches["full"].result())
+    return {"tmp": tmp, "lora": tmp / "lora", "full": tmp / "full", "lora_proc": lora, "full_proc": full,
+            "lora-zero2": launches["lora-zero2"]}
 
 
 def test_two_processes_form_one_group_and_the_plan_counts_both(runs):
@@ -179,8 +190,7 @@ def test_deepspeed_zero2_computes_what_ddp_computes(runs, demo):
     """Same seed, same data, same 2 ranks: ZeRO-2 must give DDP's loss curve and adapter."""
     from safetensors.torch import load_file
 
-    proc = check(launch("train/finetune.py", *run_overrides(demo, runs["tmp"], "lora-zero2", "lora"),
-                        config="deepspeed_zero2.yaml", launcher_args=("--num_processes", "2", "--mixed_precision", "no")))
+    proc = check(runs["lora-zero2"].result())
     assert "(DistributedType.DEEPSPEED)" in proc.stdout  # really DeepSpeed, not a silent fallback to DDP
     ddp = [r["loss"] for r in read_jsonl(runs["lora"] / "train_log.jsonl") if "loss" in r]
     zero2 = [r["loss"] for r in read_jsonl(runs["tmp"] / "lora-zero2" / "train_log.jsonl") if "loss" in r]

@@ -19,8 +19,8 @@ from sumtune.errors import SumtuneError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return zoo.build_zoo(tmp_path_factory.mktemp("zoo"))
+def models_dir(zoo_build):
+    return zoo_build
 
 
 def load(path):

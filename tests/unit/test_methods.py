@@ -34,9 +34,9 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def zoo_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {**zoo.build_zoo(root, archs=ARCHS), "data": zoo.write_data(root / "data", sizes=(16, 6, 6))}
+def zoo_models(zoo_build, tmp_path_factory):
+    return {**{arch: zoo_build[arch] for arch in ARCHS}, "data": zoo.write_data(tmp_path_factory.mktemp("data"),
+                                                                                  sizes=(16, 6, 6))}
 
 
 def overrides(zoo_models, out: Path, arch: str, method: str, *extra: str) -> list[str]:

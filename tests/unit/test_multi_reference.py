@@ -85,10 +85,8 @@ def test_score_multi_is_rouge_scores_score_multi():
 
 
 @pytest.fixture(scope="module")
-def t5(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multiref")
-    zoo.base_tokenizer(root / "tokenizer")
-    return zoo.build_model("t5", root / "t5", root / "tokenizer")
+def t5(zoo_build):
+    return zoo_build["t5"]
 
 
 def test_dialogsum_layout_generates_each_dialogue_once_and_scores_it_against_all_references(t5, tmp_path):

@@ -29,9 +29,8 @@ PACKABLE = ("llama", "qwen2", "mistral", "gemma", "phi", "t5")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {**zoo.build_zoo(root), "data": zoo.write_data(root / "data", sizes=(12, 2, 2))}
+def built(zoo_build, tmp_path_factory):
+    return {**zoo_build, "data": zoo.write_data(tmp_path_factory.mktemp("data"), sizes=(12, 2, 2))}
 
 
 def load(built, arch: str):
