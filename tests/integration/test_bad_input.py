@@ -196,10 +196,13 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(demo, tmp_path):
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *cmd], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     ckpts = snap / "r" / "checkpoints"
-    assert sumtune_lines(proc) == [
+    lines = sumtune_lines(proc)
+    # One line; both ranks write into the checkpoint (each its RNG state), so on a busy machine both
+    # can meet the full disk before either is stopped: then each says the same line once.
+    assert set(lines) == {
         f"sumtune: error: no space left on device while saving checkpoint {out}/r/checkpoints/step-000004.tmp "
         f"(incomplete: resume=auto never picks it); newest complete checkpoint: {out}/r/checkpoints/step-000002; free "
-        "space and start again with resume=auto"]
+        "space and start again with resume=auto"} and len(lines) <= 2, lines
     # The launcher's ChildFailedError is the only traceback: the other rank, left waiting for the
     # failed one, exits quietly.
     assert proc.stderr.count("Traceback (most recent call last)") == 1 and "ChildFailedError" in proc.stderr

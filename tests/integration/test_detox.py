@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault
+from helpers import DEEPSPEED_ON_CPU, REPO, check, launch, read_jsonl, run_into_fault, two_at_a_time
 
 STEPS = 6
 
@@ -69,15 +69,18 @@ def test_two_processes_killed_mid_run_resume_exactly(detox_demo, tmp_path, algor
     RNGs, the adaptive KL coefficient, the logging window and the optimizer (PPO: the value head and
     its optimizer state) all come back."""
     extra = ALGORITHMS[algorithm]
-    straight = check(launch("train/detox.py", *rl_args(detox_demo, tmp_path, "straight", detox_demo["sft"], *extra)))
-    assert "adapter merged" in straight.stdout and "reference: the policy's adapter disabled" in straight.stdout
-    assert f"algorithm: {algorithm}" in straight.stdout
+    # The uninterrupted run trains beside the killed one (the two share nothing but the CPU).
+    straight = two_at_a_time({"straight": lambda: check(launch(
+        "train/detox.py", *rl_args(detox_demo, tmp_path, "straight", detox_demo["sft"], *extra)))})["straight"]
     killed = rl_args(detox_demo, tmp_path, "killed", detox_demo["sft"], *extra)
     updates = 4 if algorithm == "ppo" else 1  # optimizer steps per RL step: killed inside RL step 5
     run_into_fault(killed, f"step:{4 * updates + 1}", tmp_path / "pids", script="train/detox.py")
     assert sorted(p.name for p in (tmp_path / "killed/checkpoints").iterdir()) == ["step-000002", "step-000004"]
     resumed = check(launch("train/detox.py", *killed, "resume=auto"))
     assert "resuming from" in resumed.stdout and "at step 4" in resumed.stdout
+    straight = straight.result()
+    assert "adapter merged" in straight.stdout and "reference: the policy's adapter disabled" in straight.stdout
+    assert f"algorithm: {algorithm}" in straight.stdout
 
     a, b = read_jsonl(tmp_path / "straight/train_log.jsonl"), read_jsonl(tmp_path / "killed/train_log.jsonl")
     assert [sorted(r) for r in a] == [sorted(r) for r in b]

@@ -18,8 +18,8 @@ ARCHS = ("t5", "bart", "llama")
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return zoo.build_zoo(tmp_path_factory.mktemp("zoo"), archs=ARCHS)
+def models_dir(zoo_build):
+    return zoo_build  # the session's zoo (tests/conftest.py), built once
 
 
 def load(path):
