@@ -24,7 +24,8 @@ from sumtune.generation import decode_summaries
 class WithValueHead(torch.nn.Module):
     """The policy and a value head (a ``Linear(hidden, 1)``, zero at the start, float32) on the
     hidden state the policy's output layer reads, at every position. ``forward`` is the policy's,
-    its output given ``values`` [rows, positions]. Trained, prepared and checkpointed as one module
+    its output given ``value_estimates`` [rows, positions] (an attribute: a model output is a dict,
+    and ``values`` would hide its ``values()``, which DeepSpeed's hooks call). Trained, prepared and checkpointed as one module
     (one optimizer, its state included); the run folder gets the policy alone."""
 
     def __init__(self, policy: torch.nn.Module):
@@ -48,7 +49,7 @@ class WithValueHead(torch.nn.Module):
             out = self.policy(**kwargs)
         finally:
             hook.remove()
-        out.values = self.value_head(seen["hidden"].float()).squeeze(-1)
+        out.value_estimates = self.value_head(seen["hidden"].float()).squeeze(-1)
         return out
 
 

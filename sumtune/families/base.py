@@ -416,13 +416,13 @@ class Family:
                         values: bool = False) -> SummaryScores:
         """``summary_logprobs`` as named fields, and with ``values`` the value of the state before
         each summary token (a policy with a value head, ``sumtune.rollout.WithValueHead``: its
-        output's ``values``, float32, 0 where masked)."""
+        output's ``value_estimates``, float32, 0 where masked)."""
         out, positions = self._summary_forward(model, prompt_ids, prompt_mask, summary_ids, summary_mask)
         logp = (out.logits[:, positions].float() / temperature).log_softmax(-1)
         mask = summary_mask.to(logp.dtype)
         picked = logp.gather(-1, summary_ids[..., None]).squeeze(-1) * mask
         spread = -(logp.exp() * logp).sum(-1) * mask if entropy else None
-        value = out.values[:, positions].float() * mask if values else None
+        value = out.value_estimates[:, positions].float() * mask if values else None
         return SummaryScores(picked, spread, value)
 
     def _summary_forward(self, model, prompt_ids, prompt_mask, summary_ids, summary_mask) -> tuple[object, slice]:
