@@ -48,7 +48,7 @@ class StepPlan:
 
 def plan_steps(examples: int, num_processes: int, cfg: TrainConfig,
                epoch_batches: Callable[[int], int] | None = None, batches_per_step: int | None = None,
-               updates_per_step: int = 1, drop_last: bool = False) -> StepPlan:
+               updates_per_step: int = 1) -> StepPlan:
     """All step arithmetic in one place, for what a recipe's step consumes.
 
     ``epoch_batches(epoch)``: the micro-batches (over all ranks) the batching strategy yields in
@@ -56,15 +56,15 @@ def plan_steps(examples: int, num_processes: int, cfg: TrainConfig,
     ``per_device_batch_size``. A step of the loop takes ``batches_per_step`` of them on each rank
     (default ``grad_accum``: fine-tuning's optimizer step) and makes ``updates_per_step`` optimizer
     steps (the RL recipe: one batch of prompts per rank, ``rl.epochs x rl.minibatches`` updates).
-    An epoch ends with a shorter step, or, with ``drop_last``, without it. ``train.max_steps``
-    counts steps of the loop; ``total_steps`` and warmup count optimizer steps."""
+    An epoch ends with a shorter step (the RL recipe counts only whole batches of prompts in
+    ``epoch_batches``). ``train.max_steps`` counts steps of the loop; ``total_steps`` and warmup
+    count optimizer steps."""
     if epoch_batches is None:
         epoch_batches = lambda _: math.ceil(examples / cfg.per_device_batch_size)  # noqa: E731
     per_step = batches_per_step or cfg.grad_accum
-    whole = (lambda n: n // per_step) if drop_last else (lambda n: math.ceil(n / per_step))
 
     def steps_in(epoch: int) -> int:
-        return whole(batches_per_rank(epoch_batches(epoch), num_processes))
+        return math.ceil(batches_per_rank(epoch_batches(epoch), num_processes) / per_step)
 
     steps_per_epoch = steps_in(0)
     if steps_per_epoch == 0:
