@@ -789,6 +789,11 @@ def _validate_metrics(cfg: RunConfig) -> None:
              f"must be >= 0 or null, got {e.bertscore_num_layers}")
     _require(e.bertscore_batch_size >= 1, "eval.bertscore_batch_size", f"must be >= 1, got {e.bertscore_batch_size}")
     names = metrics.configured(e)
+    if "bertscore" in names:
+        from sumtune.metrics.bertscore import check_settings, default_layers
+
+        layers = e.bertscore_num_layers if e.bertscore_num_layers is not None else default_layers(e.bertscore_model)
+        check_settings(e.bertscore_model, layers, e.bertscore_rescale)
     owner = metrics.column_owner(t.best_metric, names)
     if owner is None:
         columns = ", ".join(c.name for c in metrics.columns_of(names))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sumtune.errors import SumtuneError
+from sumtune.errors import ConfigError
 from sumtune.metrics.base import Column, Metric, MetricScores, sharded
 
 LANG = "en"
@@ -63,7 +63,7 @@ class BertScore(Metric):
                 self._tokenizer = get_tokenizer(self.model_name, use_fast=False)
                 model = get_model(self.model_name, self.num_layers)
             except (OSError, ValueError, AssertionError) as err:
-                raise SumtuneError(f"config key 'eval.bertscore_model': cannot load '{self.model_name}' with "
+                raise ConfigError(f"config key 'eval.bertscore_model': cannot load '{self.model_name}' with "
                                    f"{self.num_layers} layers ({str(err).splitlines()[0]})") from None
             self._device = str(self.acc.device) if self.acc is not None else "cpu"
             self._model = model.to(self._device)
@@ -125,9 +125,9 @@ class BertScore(Metric):
 
 def check_settings(model: str, num_layers: int | None, rescale: bool) -> None:
     if num_layers is None:
-        raise SumtuneError(f"config key 'eval.bertscore_num_layers': bert_score has no default layer for "
+        raise ConfigError(f"config key 'eval.bertscore_num_layers': bert_score has no default layer for "
                            f"'{model}'; give the layer to use, e.g. eval.bertscore_num_layers=2")
     if rescale and not baseline_file(model).is_file():
-        raise SumtuneError(f"config key 'eval.bertscore_rescale': bert_score has no rescaling baseline for '{model}' "
+        raise ConfigError(f"config key 'eval.bertscore_rescale': bert_score has no rescaling baseline for '{model}' "
                            f"({LANG}); set eval.bertscore_rescale=false or use a model it ships a baseline for "
                            "(e.g. roberta-large)")
