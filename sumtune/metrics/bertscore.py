@@ -85,9 +85,16 @@ class BertScore(Metric):
         idf[self._tokenizer.cls_token_id] = 0
         flat_c = [c for c, refs in zip(candidates, references) for _ in refs]
         flat_r = [r for refs in references for r in refs]
-        with torch.inference_mode():
-            scores = bert_cos_score_idf(model, flat_r, flat_c, self._tokenizer, idf, device=self._device,
-                                        batch_size=self.batch_size).cpu()
+        # An empty text: bert_score sets its raw scores to 0 (its own rule), but encoding it calls
+        # build_inputs_with_special_tokens, which transformers 5's tokenizers-backed classes lack.
+        # So empty pairs get their 0 here and never reach the tokenizer.
+        scores = torch.zeros(len(flat_c), 3)
+        full = [i for i, (c, r) in enumerate(zip(flat_c, flat_r)) if c.strip() and r.strip()]
+        if full:
+            with torch.inference_mode():
+                scores[full] = bert_cos_score_idf(
+                    model, [flat_r[i] for i in full], [flat_c[i] for i in full], self._tokenizer, idf,
+                    device=self._device, batch_size=self.batch_size).cpu().float()
         out, at = [], 0
         for refs in references:
             best = scores[at:at + len(refs)].max(dim=0)[0]

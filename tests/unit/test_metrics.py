@@ -145,9 +145,17 @@ def test_bertscore_equals_a_direct_bert_score_call(tiny_encoder):
     assert metric._model is not None and metric.load() is metric._model  # loaded once, kept
 
 
-def test_bertscore_is_not_loaded_before_it_scores(tiny_encoder):
+def test_bertscore_is_not_loaded_before_it_scores_and_scores_an_empty_summary_0(tiny_encoder):
+    import bert_score
+
     metric = metrics.get("bertscore")(_bertscore_cfg(tiny_encoder))
     assert metric._model is None
+    # bert_score's rule for an empty text is a raw score of 0; its own encoding of one fails under
+    # transformers 5, so sumtune applies the rule without encoding it
+    got = metric.score(["", PREDS[1], "  "], REFS[:3], DIALOGUES[:3]).values
+    assert [got[c][0] for c in got] == [0.0, 0.0, 0.0] and [got[c][2] for c in got] == [0.0, 0.0, 0.0]
+    direct = bert_score.score([PREDS[1]], [REFS[1]], model_type=tiny_encoder, num_layers=2)
+    assert got["bertscore_f1"][1] == pytest.approx(direct[2].item(), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -288,3 +296,22 @@ def test_validation_selects_best_by_another_metrics_column(tmp_path, monkeypatch
     v = validation.RougeValidator(acc, None, records, cfg, None)
     scores, _ = v(model, 1)
     assert v.owner is None and v._scorer is None and not any("bertscore" in k or "words" in k for k in scores)
+
+
+def test_bertscore_rescaling_is_bert_scores(tiny_encoder, tmp_path, monkeypatch):
+    """Rescaled with a baseline file (here a made-up one: the real ones are for hub models), as
+    bert_score rescales with the same file."""
+    import bert_score
+
+    from sumtune.metrics import bertscore
+
+    table = tmp_path / "tiny.tsv"
+    table.write_text("LAYER,P,R,F\n0,0.1,0.2,0.3\n1,0.2,0.3,0.25\n2,0.5,0.4,0.45\n")
+    monkeypatch.setattr(bertscore, "baseline_file", lambda model: table)
+    metric = bertscore.BertScore(_bertscore_cfg(tiny_encoder, bertscore_rescale=True))
+    got = metric.score(PREDS, REFS, DIALOGUES).values
+    direct = bert_score.score(PREDS, REFS, model_type=tiny_encoder, num_layers=2, lang="en",
+                              rescale_with_baseline=True, baseline_path=str(table))
+    for col, want in zip(("bertscore_precision", "bertscore_recall", "bertscore_f1"), direct):
+        np.testing.assert_allclose(got[col], want.numpy(), atol=1e-6)
+    assert "rescaled with bert_score's baseline" in bertscore.BertScore.protocol([metric.settings()], 5, True)
