@@ -1,11 +1,13 @@
-"""Comparison tables across candidates: means, bootstrap confidence intervals, gains in points,
-the worst and best examples. Used by eval/evaluate.py right after generation and by
+"""Comparison tables across candidates: means, bootstrap confidence intervals, gains in points (or
+differences, for descriptive columns), the worst and best examples, for every metric column of
+the configured metrics (sumtune/metrics/). Used by eval/evaluate.py right after generation and by
 eval/compare.py on result folders written earlier.
 
 A result folder is what evaluation writes per candidate: ``predictions.jsonl`` (id, dialogue,
-references, prediction; folders written before multi-reference evaluation hold one ``reference``
-per row, and still load) and ``metrics.json``. Scores are recomputed from the predictions, so a
-table never trusts a number it cannot re-derive.
+references, prediction, and the per-example scores of the metrics that need a model; folders
+written before multi-reference evaluation hold one ``reference`` per row, and still load) and
+``metrics.json``. Scores of the metrics without a model (ROUGE, lengths) are recomputed from the
+predictions, so a table never trusts a number it can re-derive.
 
 Examples with several references (DialogSum's test split) are scored against all of them: the
 main table holds the multi-reference score (per ROUGE type the best reference's F-measure, as
@@ -28,9 +30,7 @@ from sumtune import rouge
 from sumtune.data import iter_jsonl
 from sumtune.errors import SumtuneError
 from sumtune.metrics.base import Column, references_of
-from sumtune.metrics.toxicity import TOXIC_ABOVE, toxicity_stats
-
-__all__ = ["TOXIC_ABOVE", "references_of", "toxicity_stats"]  # kept importable from here
+from sumtune.metrics.toxicity import TOXIC_ABOVE, toxicity_stats  # noqa: F401  (importable from here, as before)
 
 TABLE_COLUMNS = ["model", *rouge.ROUGE_TYPES]
 BOOTSTRAP_SAMPLES = 1000

@@ -315,3 +315,29 @@ def test_bertscore_rescaling_is_bert_scores(tiny_encoder, tmp_path, monkeypatch)
     for col, want in zip(("bertscore_precision", "bertscore_recall", "bertscore_f1"), direct):
         np.testing.assert_allclose(got[col], want.numpy(), atol=1e-6)
     assert "rescaled with bert_score's baseline" in bertscore.BertScore.protocol([metric.settings()], 5, True)
+
+
+def test_the_report_shows_every_metric_of_an_evaluation_folder(tmp_path):
+    from sumtune.report import build
+
+    folder = tmp_path / "eval"
+    c = compare.compare([BASE, TUNED])
+    for r in (BASE, TUNED):
+        (folder / r.name).mkdir(parents=True)
+        (folder / r.name / "predictions.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in r.records))
+    compare.write(folder, [BASE, TUNED], c)
+    section, _ = build.inspect_eval(folder, "eval", tmp_path / "out")
+    captions = [t.caption for t in section.tables]
+    assert [x.split(" [")[0] for x in captions] == ["ROUGE F-measure", "BERTScore", "Length and abstractiveness"]
+    assert "difference to base" in captions[2] and "gain over base" not in captions[2] and "gain over base" in captions[1]
+    lengths_table = section.tables[2]
+    assert lengths_table.columns[:2] == ["candidate", "summary_words"] and "difference summary_words" in lengths_table.columns
+    tuned = lengths_table.rows[1]
+    want = f"{c.means['tuned']['summary_words']:.4f} [{c.ci['tuned']['summary_words'][0]:.4f}, "
+    assert tuned[0] == "tuned" and tuned[1].startswith(want)
+    assert {p.path.name for p in section.pictures} >= {"rouge.png", "gain.png", "bertscore_scores.png",
+                                                       "lengths_scores.png", "lengths.png"}
+    rows = list(csv.DictReader((tmp_path / "out" / "eval" / "scores.csv").open()))
+    written = list(csv.DictReader((folder / "comparison_ci.csv").open()))
+    assert [(r["model"], r["metric"], r["mean"]) for r in rows] == [
+        (w["model"], w["metric"], str(float(w["mean"]))) for w in written]
