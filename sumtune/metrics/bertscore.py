@@ -108,7 +108,7 @@ class BertScore(Metric):
         import pandas as pd
         import torch
 
-        return torch.from_numpy(pd.read_csv(baseline_file(self.model_name)).iloc[self.num_layers].to_numpy())[1:].float()
+        return torch.tensor(pd.read_csv(baseline_file(self.model_name)).iloc[self.num_layers].to_numpy()[1:], dtype=torch.float32)
 
     def score(self, predictions, references, dialogues) -> MetricScores:
         triples = sharded(self.acc, len(predictions),

@@ -318,7 +318,7 @@ def test_bertscore_rescaling_is_bert_scores(tiny_encoder, tmp_path, monkeypatch)
 
 
 def test_the_report_shows_every_metric_of_an_evaluation_folder(tmp_path):
-    from sumtune.report import build
+    from sumtune.report.build import inspect_eval
 
     folder = tmp_path / "eval"
     c = compare.compare([BASE, TUNED])
@@ -326,7 +326,7 @@ def test_the_report_shows_every_metric_of_an_evaluation_folder(tmp_path):
         (folder / r.name).mkdir(parents=True)
         (folder / r.name / "predictions.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in r.records))
     compare.write(folder, [BASE, TUNED], c)
-    section, _ = build.inspect_eval(folder, "eval", tmp_path / "out")
+    section, _ = inspect_eval(folder, "eval", tmp_path / "out")
     captions = [t.caption for t in section.tables]
     assert [x.split(" [")[0] for x in captions] == ["ROUGE F-measure", "BERTScore", "Length and abstractiveness"]
     assert "difference to base" in captions[2] and "gain over base" not in captions[2] and "gain over base" in captions[1]
@@ -339,5 +339,54 @@ def test_the_report_shows_every_metric_of_an_evaluation_folder(tmp_path):
                                                        "lengths_scores.png", "lengths.png"}
     rows = list(csv.DictReader((tmp_path / "out" / "eval" / "scores.csv").open()))
     written = list(csv.DictReader((folder / "comparison_ci.csv").open()))
-    assert [(r["model"], r["metric"], r["mean"]) for r in rows] == [
-        (w["model"], w["metric"], str(float(w["mean"]))) for w in written]
+    assert [(r["model"], r["metric"], r["mean"]) for r in rows] == [  # the main table's rows, as before
+        (w["model"], w["metric"], str(float(w["mean"]))) for w in written if not w["metric"].endswith("_mean_over_refs")]
+
+
+def test_evaluation_scores_toxicity_through_the_registry_as_before(zoo_build, tmp_path):
+    """eval/evaluate.py's path with a classifier: toxicity per row, metrics.json's toxicity,
+    toxicity.csv and the detox demo's closing table, beside ROUGE and lengths."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    from sumtune import evaluation
+    from sumtune.rewards import Classifier
+    from sumtune_demo import detox_table
+
+    t5 = zoo_build["t5"]
+    clf_dir = tmp_path / "clf"
+    tok = AutoTokenizer.from_pretrained(t5)
+    tok.save_pretrained(clf_dir)
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=300, pad_token_id=tok.pad_token_id, id2label={0: "nothate", 1: "hate"},
+        label2id={"nothate": 0, "hate": 1})).save_pretrained(clf_dir)
+    split = tmp_path / "test.jsonl"
+    split.write_text("".join(json.dumps({"id": str(i), "dialogue": d, "summary": r[0]}) + "\n"
+                             for i, (d, r) in enumerate(zip(DIALOGUES, REFS))))
+    cfg = from_dict({"data": {"source": "local", "files": {"test": str(split)}, "max_source_length": 96},
+                     "generation": {"max_new_tokens": 8, "batch_size": 4}, "tracker": {"backend": "none"},
+                     "eval": {"metrics": ["rouge", "lengths"], "toxicity_model": str(clf_dir)}})
+    out = tmp_path / "eval"
+    cands = [evaluation.parse_candidate(f"sft={t5}"), evaluation.parse_candidate(f"rl={t5},template=tldr")]
+    c = evaluation.evaluate_candidates(cfg, cands, out, Accelerator(cpu=True))
+    assert c.metrics == ["rouge", "lengths", "toxicity"]
+    rows = [json.loads(line) for line in (out / "rl" / "predictions.jsonl").read_text().splitlines()]
+    clf = Classifier(str(clf_dir), key="test")
+    want = clf.scores([r["prediction"] for r in rows], clf.label("hate", key="test"), "probability").numpy()
+    np.testing.assert_allclose([r["toxicity"] for r in rows], want, atol=1e-6)
+    assert not any("summary_words" in r for r in rows)  # lengths is recomputed, not stored
+    info = json.loads((out / "rl" / "metrics.json").read_text())
+    assert info["toxicity"]["model"] == str(clf_dir) and info["toxicity"]["mean"] == pytest.approx(want.mean())
+    assert info["toxicity"]["share_above_0_5"] == pytest.approx((want > 0.5).mean())
+    tox = list(csv.DictReader((out / "toxicity.csv").open()))
+    assert list(tox[0]) == ["model", "mean", "ci_low", "ci_high", "std", "share_above_0_5", "share_ci_low",
+                            "share_ci_high", "change", "change_ci_low", "change_ci_high"]
+    assert [r["model"] for r in tox] == ["sft", "rl"] and tox[0]["change"] == "" and tox[1]["change"] != ""
+    assert float(tox[1]["mean"]) == pytest.approx(want.mean(), abs=1e-4)
+    assert "summary_words" in (out / "comparison.csv").read_text().splitlines()[0]
+    assert "| rl | " in detox_table.table(out, {})
+    again = evaluation.run_compare(cfg, [out], tmp_path / "again", baseline="sft")
+    assert again.toxicity == c.toxicity and again.means == c.means
