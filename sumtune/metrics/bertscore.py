@@ -27,16 +27,24 @@ from sumtune.metrics.base import Column, Metric, MetricScores, sharded
 LANG = "en"
 
 
+def _bert_score():
+    try:
+        import bert_score
+    except ImportError:
+        raise ConfigError("config key 'eval.metrics': bertscore needs the bert-score package; "
+                          "pip install bert-score==0.3.13 (requirements.txt)") from None
+    return bert_score
+
+
 def default_layers(model: str) -> int | None:
+    _bert_score()
     from bert_score.utils import model2layers
 
     return model2layers.get(model)
 
 
 def baseline_file(model: str) -> Path:
-    import bert_score
-
-    return Path(bert_score.__file__).parent / "rescale_baseline" / LANG / f"{model}.tsv"
+    return Path(_bert_score().__file__).parent / "rescale_baseline" / LANG / f"{model}.tsv"
 
 
 class BertScore(Metric):
