@@ -390,3 +390,30 @@ def test_evaluation_scores_toxicity_through_the_registry_as_before(zoo_build, tm
     assert "| rl | " in detox_table.table(out, {})
     again = evaluation.run_compare(cfg, [out], tmp_path / "again", baseline="sft")
     assert again.toxicity == c.toxicity and again.means == c.means
+
+
+def _byte_chars() -> list[str]:
+    """The 256 characters byte-level BPE (GPT-2, RoBERTa) writes bytes as."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+
+def test_bertscore_on_a_roberta_tokenizer_equals_bert_score(tmp_path):
+    """The default model's kind (roberta-large): bert_score encodes RoBERTa tokenizers its own way
+    (a prefix space); a tiny byte-level BPE RoBERTa built here takes that path offline."""
+    import bert_score
+    import torch
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *_byte_chars(), "Ġt", "he", "Ġthe"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nh e\nĠt he\n")
+    RobertaTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=128).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=140, pad_token_id=1)).save_pretrained(tmp_path)
+    got = metrics.get("bertscore")(_bertscore_cfg(str(tmp_path))).score(PREDS, REFS, DIALOGUES).values
+    direct = bert_score.score(PREDS, REFS, model_type=str(tmp_path), num_layers=2)
+    for col, want in zip(("bertscore_precision", "bertscore_recall", "bertscore_f1"), direct):
+        np.testing.assert_allclose(got[col], want.numpy(), atol=1e-6)
