@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh clone (Python 3.10+ is all they need):
-#   make demo    set up .venv, build the offline demo, train T5 LoRA and full and a decoder-only LoRA, print the ROUGE
-#                table, write the report with the pictures (outputs/demo-report/report.html)
+#   make demo    set up .venv, build the offline demo, train T5 LoRA and full and a decoder-only LoRA, print the
+#                tables (ROUGE, BERTScore on the demo's tiny encoder, lengths), write the report with the pictures
+#                (outputs/demo-report/report.html)
 #   make test    set up .venv, run the whole test suite (unit + multi-process integration)
 # and, beside them:
 #   make detox-demo  the RL detoxification demo: toxic corpus + toxicity classifier, supervised fine-tuning, then

@@ -1,4 +1,4 @@
-"""Evaluate summarisers with ROUGE and write comparison tables (files and W&B).
+"""Evaluate summarisers with ROUGE and the metrics of eval.metrics; write comparison tables (files and W&B).
 
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml eval/evaluate.py \
         --config configs/train/flan_t5_base_lora_samsum.yaml --out outputs/eval-samsum \

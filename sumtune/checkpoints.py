@@ -146,7 +146,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 RESUME_HARMLESS = (
     "overwrite", "resume", "run_name", "output_dir", "model.gradient_checkpointing",
     "train.log_every", "train.eval_every", "train.eval_max_batches", "train.rouge_every", "train.rouge_examples",
-    "train.best_metric", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.best_metric", "train.best_metric_mode", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_checkpoints",
     # the same loss computed another way (tested equal), and the compiled model's padding
     "train.loss", "train.chunk_size", "train.compile", "train.pad_to_multiple", "model.attn_implementation",
     "data.max_eval_examples", "generation.", "eval.", "tracker.", "rl.samples_every", "rl.samples_rows", "rl.max_kl",

@@ -1,11 +1,13 @@
-"""Comparison tables across candidates: means, bootstrap confidence intervals, gains in points,
-the worst and best examples. Used by eval/evaluate.py right after generation and by
+"""Comparison tables across candidates: means, bootstrap confidence intervals, gains in points (or
+differences, for descriptive columns), the worst and best examples, for every metric column of
+the configured metrics (sumtune/metrics/). Used by eval/evaluate.py right after generation and by
 eval/compare.py on result folders written earlier.
 
 A result folder is what evaluation writes per candidate: ``predictions.jsonl`` (id, dialogue,
-references, prediction; folders written before multi-reference evaluation hold one ``reference``
-per row, and still load) and ``metrics.json``. Scores are recomputed from the predictions, so a
-table never trusts a number it cannot re-derive.
+references, prediction, and the per-example scores of the metrics that need a model; folders
+written before multi-reference evaluation hold one ``reference`` per row, and still load) and
+``metrics.json``. Scores of the metrics without a model (ROUGE, lengths) are recomputed from the
+predictions, so a table never trusts a number it can re-derive.
 
 Examples with several references (DialogSum's test split) are scored against all of them: the
 main table holds the multi-reference score (per ROUGE type the best reference's F-measure, as
@@ -23,33 +25,46 @@ from pathlib import Path
 
 import numpy as np
 
+from sumtune import metrics as registry
 from sumtune import rouge
 from sumtune.data import iter_jsonl
 from sumtune.errors import SumtuneError
+from sumtune.metrics.base import Column, references_of
+from sumtune.metrics.toxicity import TOXIC_ABOVE, toxicity_stats  # noqa: F401  (importable from here, as before)
 
 TABLE_COLUMNS = ["model", *rouge.ROUGE_TYPES]
 BOOTSTRAP_SAMPLES = 1000
 CI_LEVEL = 0.95
 
 
-def references_of(record: dict) -> list[str]:
-    """A predictions row's references: ``references`` (a list), or the one ``reference`` of rows
-    written before multi-reference evaluation."""
-    refs = record.get("references")
-    return list(refs) if isinstance(refs, list) else [record["reference"]]
+def metrics_of(records: list[dict], extra: dict) -> list[str]:
+    """The metrics a result folder was scored with: metrics.json's ``metrics``; a folder written
+    before the registry: rouge, and toxicity when its rows carry it."""
+    names = extra.get("metrics")
+    if isinstance(names, list) and all(n in registry.REGISTRY for n in names):
+        return list(names)
+    has_tox = bool(records) and all(isinstance(r.get("toxicity"), (int, float)) for r in records)
+    return ["rouge", "toxicity"] if has_tox else ["rouge"]
 
 
 @dataclass
 class Result:
     """One candidate's predictions and per-example scores (an example: a dialogue with its
-    references): ``per_example`` the multi-reference score, ``per_example_mean`` the mean over the
-    example's references (the same with one reference)."""
+    references): ``per_example`` the ROUGE multi-reference score, ``per_example_mean`` the mean over
+    the example's references (the same with one reference); ``values`` per metric column the
+    per-example scores of every metric (ROUGE included), ``over_refs`` the mean over references of
+    the metrics that define one. Metrics not given are recomputed from the texts or read from the
+    rows (``sumtune.metrics``)."""
 
     name: str
     records: list[dict]  # id, dialogue, references (or reference), prediction
     per_example: list[dict[str, float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # metrics.json beyond the scores
     per_example_mean: list[dict[str, float]] = field(default_factory=list)
+    metrics: list[str] | None = None
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    over_refs: dict[str, np.ndarray] = field(default_factory=dict)
+    where: str = ""
 
     def __post_init__(self):
         if not self.per_example:
@@ -59,6 +74,24 @@ class Result:
             if self.most_references > 1:
                 raise ValueError("per_example_mean is needed with several references per example")
             self.per_example_mean = self.per_example
+        if self.metrics is None:
+            self.metrics = metrics_of(self.records, self.extra)
+        for k in rouge.ROUGE_TYPES:
+            self.values.setdefault(k, np.array([e[k] for e in self.per_example], dtype=np.float64))
+            self.over_refs.setdefault(k, np.array([e[k] for e in self.per_example_mean], dtype=np.float64))
+        scored = []
+        for name in self.metrics:
+            metric = registry.get(name)
+            if all(c in self.values for c in metric.column_names()):
+                scored.append(name)
+                continue
+            got = metric.from_records(self.records, self.where or self.name)
+            if got is None:
+                continue  # e.g. toxicity named but never scored for this candidate
+            self.values.update(got.values)
+            self.over_refs.update(got.over_refs or {})
+            scored.append(name)
+        self.metrics = scored
 
     @property
     def most_references(self) -> int:
@@ -76,18 +109,15 @@ class Result:
     def means(self) -> dict[str, float]:
         return {k: float(np.mean([e[k] for e in self.per_example])) for k in rouge.ROUGE_TYPES}
 
-    def matrix(self, over_refs: bool = False) -> np.ndarray:
-        """Per-example scores [examples, ROUGE types]: multi-reference, or (``over_refs``) the mean
-        over each example's references."""
-        rows = self.per_example_mean if over_refs else self.per_example
-        return np.array([[e[k] for k in rouge.ROUGE_TYPES] for e in rows], dtype=np.float64)
+    def matrix(self, over_refs: bool = False, columns: list[str] | None = None) -> np.ndarray:
+        """Per-example scores [examples, columns] (default: the ROUGE types): multi-reference, or
+        (``over_refs``) the mean over each example's references."""
+        source = self.over_refs if over_refs else self.values
+        return np.stack([source[k] for k in (columns or rouge.ROUGE_TYPES)], axis=1)
 
     def toxicity(self) -> np.ndarray | None:
-        """Per-example toxicity of the predictions (``toxicity`` in predictions.jsonl), or None
-        when they were not scored."""
-        if not self.records or any(not isinstance(r.get("toxicity"), (int, float)) for r in self.records):
-            return None
-        return np.array([r["toxicity"] for r in self.records], dtype=np.float64)
+        """Per-example toxicity of the predictions, or None when they were not scored."""
+        return self.values.get("toxicity")
 
 
 def load_result(folder: Path, name: str | None = None) -> Result:
@@ -105,7 +135,7 @@ def load_result(folder: Path, name: str | None = None) -> Result:
         raise SumtuneError(f"{path}: no predictions")
     metrics_file = folder / "metrics.json"
     extra = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return Result(name or folder.name, records, extra=extra)
+    return Result(name or folder.name, records, extra=extra, where=str(path))
 
 
 def check_references(row: dict, where: str) -> None:
@@ -146,12 +176,16 @@ def paired_gain_ci(candidate: np.ndarray, baseline: np.ndarray, samples: int = B
 
 @dataclass
 class Table:
-    """Means, intervals and gains of one scoring protocol."""
+    """Means, intervals and paired differences of one scoring protocol, per candidate and column.
+    ``diff``: candidate minus baseline in the column's own unit; ``gain_pp``: the same in
+    percentage points, for the columns reported as gains (fractions where higher is better)."""
 
     means: dict[str, dict[str, float]]
     ci: dict[str, dict[str, tuple[float, float]]]
     gain_pp: dict[str, dict[str, float]]
     gain_ci_pp: dict[str, dict[str, tuple[float, float]]]
+    diff: dict[str, dict[str, float]] = field(default_factory=dict)
+    diff_ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,9 +197,13 @@ class Comparison:
     ci: dict[str, dict[str, tuple[float, float]]]
     gain_pp: dict[str, dict[str, float]]
     gain_ci_pp: dict[str, dict[str, tuple[float, float]]]
-    # Per candidate whose predictions were scored for toxicity (toxicity_stats), and by what.
-    toxicity: dict[str, dict] = field(default_factory=dict)
-    toxicity_source: str = ""
+    diff: dict[str, dict[str, float]] = field(default_factory=dict)
+    diff_ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    std: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The metrics in the tables (the registry's names, in the candidates' order) and, per metric,
+    # the settings each candidate recorded (a model, a layer...), for the headers.
+    metrics: list[str] = field(default_factory=lambda: ["rouge"])
+    settings: dict[str, list[dict]] = field(default_factory=dict)
     # References in all and at most per example; with several, ``over_refs`` holds the table of
     # the mean over references (the main one above is the multi-reference score).
     references: int = 0
@@ -175,6 +213,13 @@ class Comparison:
     @property
     def multi_reference(self) -> bool:
         return self.most_references > 1
+
+    @property
+    def columns(self) -> list[Column]:
+        return registry.columns_of(self.metrics)
+
+    def has(self, name: str, column: str) -> bool:
+        return column in self.means.get(name, {})
 
     @property
     def protocol(self) -> str:
@@ -187,37 +232,73 @@ class Comparison:
                 "best reference's F-measure (rouge_score's score_multi), mean over dialogues, stemmed; [95% bootstrap "
                 f"CI, {BOOTSTRAP_SAMPLES} resamples of the dialogues].")
 
+    def metric_protocol(self, name: str) -> str:
+        return registry.get(name).protocol(self.settings.get(name, []), self.examples, self.multi_reference)
 
-def _table(results: list[Result], baseline: str, seed: int, over_refs: bool) -> Table:
-    base = next(r for r in results if r.name == baseline).matrix(over_refs)
-    out = Table({}, {}, {}, {})
-    for r in [next(r for r in results if r.name == baseline)] + [r for r in results if r.name != baseline]:
-        m = r.matrix(over_refs)
-        ci = bootstrap_ci(m, seed=seed)
-        out.means[r.name] = dict(zip(rouge.ROUGE_TYPES, m.mean(axis=0).tolist()))
-        out.ci[r.name] = {k: (float(lo), float(hi)) for k, (lo, hi) in zip(rouge.ROUGE_TYPES, ci)}
-        if r.name != baseline:
-            gain = 100 * (m - base).mean(axis=0)
-            gci = 100 * paired_gain_ci(m, base, seed=seed)
-            out.gain_pp[r.name] = dict(zip(rouge.ROUGE_TYPES, gain.tolist()))
-            out.gain_ci_pp[r.name] = {k: (float(lo), float(hi)) for k, (lo, hi) in zip(rouge.ROUGE_TYPES, gci)}
+    @property
+    def toxicity(self) -> dict[str, dict]:
+        """Per candidate scored for toxicity: toxicity.csv's numbers (mean, ci, std, share above
+        0.5, share_ci, and against a scored baseline the change of the mean with its interval)."""
+        out = {}
+        for name, m in self.means.items():
+            if "toxicity" not in m:
+                continue
+            t = {"mean": m["toxicity"], "ci": self.ci[name]["toxicity"], "std": self.std[name]["toxicity"],
+                 "share_above_0_5": m["toxicity_above_0_5"], "share_ci": self.ci[name]["toxicity_above_0_5"]}
+            if "toxicity" in self.diff.get(name, {}):
+                t.update(change=self.diff[name]["toxicity"], change_ci=self.diff_ci[name]["toxicity"])
+            out[name] = t
+        return out
+
+    @property
+    def toxicity_source(self) -> str:
+        return ", ".join(sorted({f"{s['model']} ({s['label']})" for s in self.settings.get("toxicity", [])
+                                 if "model" in s and "label" in s}))
+
+
+def _table(results: list[Result], baseline: str, seed: int, over_refs: bool, metrics: list[str],
+           std: dict | None = None) -> Table:
+    """Per metric, the candidates scored with it; intervals resample examples (the same resamples
+    for every column: the indices depend only on the number of examples and the seed)."""
+    base = next(r for r in results if r.name == baseline)
+    out = Table({}, {}, {}, {}, {}, {})
+    ordered = [base] + [r for r in results if r.name != baseline]
+    for metric in metrics:
+        cols = [c for c in registry.get(metric).columns if not over_refs or c.name in base.over_refs]
+        if not cols:
+            continue
+        names = [c.name for c in cols]
+        for r in ordered:
+            if metric not in r.metrics:
+                continue
+            m = r.matrix(over_refs, names)
+            ci = bootstrap_ci(m, seed=seed)
+            out.means.setdefault(r.name, {}).update(zip(names, m.mean(axis=0).tolist()))
+            out.ci.setdefault(r.name, {}).update({k: (float(lo), float(hi)) for k, (lo, hi) in zip(names, ci)})
+            if std is not None:
+                sd = m.std(axis=0, ddof=1) if len(m) > 1 else np.zeros(len(names))
+                std.setdefault(r.name, {}).update(zip(names, sd.tolist()))
+            if r.name == baseline or metric not in base.metrics:
+                continue
+            b = base.matrix(over_refs, names)
+            d, dci = (m - b).mean(axis=0), paired_gain_ci(m, b, seed=seed)
+            out.diff.setdefault(r.name, {}).update(zip(names, d.tolist()))
+            out.diff_ci.setdefault(r.name, {}).update({k: (float(lo), float(hi)) for k, (lo, hi) in zip(names, dci)})
+            for j, c in enumerate(cols):
+                if c.gain:
+                    out.gain_pp.setdefault(r.name, {})[c.name] = float(100 * d[j])
+                    out.gain_ci_pp.setdefault(r.name, {})[c.name] = (float(100 * dci[j, 0]), float(100 * dci[j, 1]))
     return out
 
 
-TOXIC_ABOVE = 0.5
-
-
-def toxicity_stats(values: np.ndarray, baseline: np.ndarray | None = None, seed: int = 0) -> dict:
-    """Mean, std and share above 0.5 of per-example toxicity, with 95% bootstrap intervals of the mean
-    and of the share; with ``baseline`` (the same examples), the change of the mean and its paired
-    interval."""
-    toxic = (values > TOXIC_ABOVE).astype(np.float64)
-    (lo, hi), (slo, shi) = bootstrap_ci(np.stack([values, toxic], 1), seed=seed)
-    out = {"mean": float(values.mean()), "ci": (float(lo), float(hi)), "std": float(values.std(ddof=1)) if len(values) > 1
-           else 0.0, "share_above_0_5": float(toxic.mean()), "share_ci": (float(slo), float(shi))}
-    if baseline is not None:
-        (dlo, dhi), = paired_gain_ci(values[:, None], baseline[:, None], seed=seed)
-        out.update(change=float((values - baseline).mean()), change_ci=(float(dlo), float(dhi)))
+def _settings(results: list[Result], metric: str) -> list[dict]:
+    out = []
+    for r in results:
+        s = (r.extra.get("metric_settings") or {}).get(metric)
+        if s is None and isinstance(r.extra.get(metric), dict):  # toxicity in folders written before the registry
+            s = {k: v for k, v in r.extra[metric].items() if k in ("model", "label")}
+        if isinstance(s, dict) and s and s not in out:
+            out.append(s)
     return out
 
 
@@ -241,72 +322,89 @@ def compare(results: list[Result], baseline: str | None = None, split: str = "te
     if len(counts) > 1:
         raise SumtuneError(f"'{results[0].name}' and the other candidates were scored against different references; "
                            "evaluate them on the same split with the same eval.references")
-    # The baseline first, as in the seed's tables.
-    order = [baseline] + [n for n in names if n != baseline]
-    main = _table(results, baseline, seed, over_refs=False)
+    # The baseline first, as in the seed's tables; metrics in the order the candidates list them.
+    ordered = [next(r for r in results if r.name == baseline)] + [r for r in results if r.name != baseline]
+    metrics = list(dict.fromkeys(m for r in ordered for m in r.metrics))
+    std: dict = {}
+    main = _table(results, baseline, seed, False, metrics, std)
     most = max(r.most_references for r in results)
-    out = Comparison(baseline, split, len(ids), main.means, main.ci, main.gain_pp, main.gain_ci_pp,
-                     references=counts.pop(), most_references=most,
-                     over_refs=_table(results, baseline, seed, over_refs=True) if most > 1 else None)
-    scored = {r.name: r.toxicity() for r in results}
-    base_tox = scored[baseline]
-    for name in order:
-        if scored[name] is not None:
-            paired = base_tox if name != baseline and base_tox is not None else None
-            out.toxicity[name] = toxicity_stats(scored[name], paired, seed=seed)
-    sources = {f"{r.extra['toxicity']['model']} ({r.extra['toxicity']['label']})" for r in results
-               if isinstance(r.extra.get("toxicity"), dict) and "model" in r.extra["toxicity"]}
-    out.toxicity_source = ", ".join(sorted(sources))
-    return out
+    return Comparison(baseline, split, len(ids), main.means, main.ci, main.gain_pp, main.gain_ci_pp, main.diff,
+                      main.diff_ci, std, metrics, {m: _settings(ordered, m) for m in metrics},
+                      references=counts.pop(), most_references=most,
+                      over_refs=_table(results, baseline, seed, True, metrics) if most > 1 else None)
 
 
-def _table_csv(rows: dict[str, dict[str, float]], digits: int) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(TABLE_COLUMNS)
-    for name, scores in rows.items():
-        writer.writerow([name, *(f"{scores[k]:.{digits}f}" for k in rouge.ROUGE_TYPES)])
-    return buf.getvalue()
+def _fmt(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def means_csv(c: Comparison) -> str:
-    """comparison.csv: model,rouge1,rouge2,rougeL,rougeLsum; fractions in [0, 1]; baseline first."""
-    return _table_csv(c.means, 4)
+    """comparison.csv: model and one column per metric column (rouge1, rouge2, rougeL, rougeLsum,
+    then the other configured metrics'); ROUGE and BERTScore as fractions in [0, 1]; baseline first;
+    empty where a candidate was not scored with that metric."""
+    cols = c.columns
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["model", *(col.name for col in cols)])
+    for name, scores in c.means.items():
+        writer.writerow([name, *(_fmt(scores.get(col.name), 4) for col in cols)])
+    return buf.getvalue()
 
 
 def gain_csv(c: Comparison) -> str:
-    """gain_pp.csv: absolute gain over the baseline in percentage points."""
-    return _table_csv(c.gain_pp, 2)
+    """gain_pp.csv: absolute gain over the baseline in percentage points, for the columns reported
+    as gains (ROUGE, BERTScore)."""
+    cols = [col for col in c.columns if col.gain]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["model", *(col.name for col in cols)])
+    for name, gains in c.gain_pp.items():
+        writer.writerow([name, *(_fmt(gains.get(col.name), 2) for col in cols)])
+    return buf.getvalue()
 
 
 OVER_REFS_SUFFIX = "_mean_over_refs"
+LONG_COLUMNS = ["model", "metric", "mean", "ci_low", "ci_high", "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp",
+                "difference", "difference_ci_low", "difference_ci_high", "better"]
+
+
+def _better(col: Column) -> str:
+    return {True: "higher", False: "lower", None: ""}[col.higher_is_better]
 
 
 def long_rows(c: Comparison) -> list[list]:
-    """Per model and metric: mean, interval, gain and its interval (None where there is none).
-    With several references per example, the mean over references follows as metrics named
+    """Per model and metric column: mean, interval, gain in points and its interval (gain columns
+    only), the difference to the baseline in the column's unit and its paired interval, and which
+    direction is better ("" for descriptive columns); None where there is none. With several
+    references per example, the mean over references follows as metrics named
     ``rouge1_mean_over_refs`` etc."""
-    tables = [("", Table(c.means, c.ci, c.gain_pp, c.gain_ci_pp))]
+    tables = [("", Table(c.means, c.ci, c.gain_pp, c.gain_ci_pp, c.diff, c.diff_ci))]
     if c.over_refs is not None:
         tables.append((OVER_REFS_SUFFIX, c.over_refs))
+    cols = c.columns
     rows = []
     for suffix, t in tables:
         for name, scores in t.means.items():
-            for k in rouge.ROUGE_TYPES:
+            for col in cols:
+                k = col.name
+                if k not in scores:
+                    continue
                 gain = t.gain_pp.get(name, {}).get(k)
                 gci = t.gain_ci_pp.get(name, {}).get(k, (None, None))
-                rows.append([name, k + suffix, scores[k], *t.ci[name][k], gain, *gci])
+                diff = t.diff.get(name, {}).get(k)
+                dci = t.diff_ci.get(name, {}).get(k, (None, None))
+                rows.append([name, k + suffix, scores[k], *t.ci[name][k], gain, *gci, diff, *dci, _better(col)])
     return rows
 
 
 def long_csv(c: Comparison) -> str:
-    """comparison_ci.csv: one row per model and metric, with the intervals."""
+    """comparison_ci.csv: one row per model and metric column, with the intervals."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["model", "metric", "mean", "ci_low", "ci_high", "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp"])
-    fmt = lambda v, p: "" if v is None else f"{v:.{p}f}"  # noqa: E731
-    for name, k, mean, lo, hi, gain, glo, ghi in long_rows(c):
-        writer.writerow([name, k, f"{mean:.4f}", f"{lo:.4f}", f"{hi:.4f}", fmt(gain, 2), fmt(glo, 2), fmt(ghi, 2)])
+    writer.writerow(LONG_COLUMNS)
+    for name, k, mean, lo, hi, gain, glo, ghi, diff, dlo, dhi, better in long_rows(c):
+        writer.writerow([name, k, f"{mean:.4f}", f"{lo:.4f}", f"{hi:.4f}", _fmt(gain, 2), _fmt(glo, 2), _fmt(ghi, 2),
+                         _fmt(diff, 4), _fmt(dlo, 4), _fmt(dhi, 4), better])
     return buf.getvalue()
 
 
@@ -335,6 +433,41 @@ def toxicity_markdown(c: Comparison) -> list[str]:
         change = f"{t['change']:+.4f} [{t['change_ci'][0]:+.4f}, {t['change_ci'][1]:+.4f}]" if "change" in t else ""
         lines.append(md_row([name, f"{t['mean']:.4f} [{t['ci'][0]:.4f}, {t['ci'][1]:.4f}]", f"{t['std']:.4f}",
                              f"{t['share_above_0_5']:.4f} [{t['share_ci'][0]:.4f}, {t['share_ci'][1]:.4f}]", change]))
+    return [*lines, ""]
+
+
+def metric_markdown(c: Comparison, metric: str) -> list[str]:
+    """A section per metric other than ROUGE (which heads the page) and toxicity (its own table):
+    means [95% CI] per column, then the paired gain (gain columns, in points) or difference
+    (the others, in the column's unit) over the baseline."""
+    m = registry.get(metric)
+    cols = list(m.columns)
+    names = [n for n in c.means if c.has(n, cols[0].name)]
+    if not names:
+        return []
+    lines = [f"## {m.title} ({c.metric_protocol(metric)}; [95% bootstrap CI, {BOOTSTRAP_SAMPLES} resamples of the "
+             f"{'dialogues' if c.multi_reference else 'examples'}])", "",
+             md_row(["model", *(col.name for col in cols)]), "|" + "---|" * (len(cols) + 1)]
+    for n in names:
+        lines.append(md_row([n, *(f"{c.means[n][col.name]:.{col.digits}f} [{c.ci[n][col.name][0]:.{col.digits}f}, "
+                                  f"{c.ci[n][col.name][1]:.{col.digits}f}]" for col in cols)]))
+    others = [n for n in names if n in c.diff and cols[0].name in c.diff[n]]
+    if others:
+        gains = all(col.gain for col in cols)
+        what = ("absolute gain over `{b}` (percentage points" if gains
+                else "difference to `{b}` (candidate minus baseline, in each column's unit; not a gain")
+        lines += ["", f"### {m.title}: {what.format(b=c.baseline)}, [95% paired bootstrap CI])", "",
+                  md_row(["model", *(col.name for col in cols)]), "|" + "---|" * (len(cols) + 1)]
+        for n in others:
+            cells = []
+            for col in cols:
+                if col.gain:
+                    g, (lo, hi) = c.gain_pp[n][col.name], c.gain_ci_pp[n][col.name]
+                    cells.append(f"{g:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+                else:
+                    d, (lo, hi) = c.diff[n][col.name], c.diff_ci[n][col.name]
+                    cells.append(f"{d:+.{col.digits}f} [{lo:+.{col.digits}f}, {hi:+.{col.digits}f}]")
+            lines.append(md_row([n, *cells]))
     return [*lines, ""]
 
 
@@ -367,6 +500,7 @@ def _md_tables(t: Table) -> tuple[list[str], list[str]]:
 
 def markdown(c: Comparison) -> str:
     means, gains = _md_tables(Table(c.means, c.ci, c.gain_pp, c.gain_ci_pp))
+    gains = gains if any(k in g for g in c.gain_pp.values() for k in rouge.ROUGE_TYPES) else []
     unit = "dialogues" if c.multi_reference else "examples"
     title = f"# ROUGE on the {c.split} split ({c.examples} {unit}" + (
         f", {c.references} references; multi-reference score)" if c.multi_reference else ")")
@@ -387,11 +521,12 @@ def markdown(c: Comparison) -> str:
         "",
         f"## Absolute gain over `{c.baseline}` (percentage points, [95% paired bootstrap CI])",
         "",
-        *(gains if c.gain_pp else ["(one candidate: nothing to compare)"]),
+        *(gains or ["(one candidate: nothing to compare)"]),
         "",
         *headline(c),
         "",
         *extra,
+        *(line for m in c.metrics if m not in ("rouge", "toxicity") for line in metric_markdown(c, m)),
         *toxicity_markdown(c),
     ])
 
@@ -472,20 +607,20 @@ def write(out: Path, results: list[Result], c: Comparison, report_examples: int 
 
 
 def log_to_tracker(accelerator, results: list[Result], c: Comparison, report_examples: int = 5) -> None:
-    """W&B Tables (main process only): comparison with CIs and gains, and every prediction with
-    its scores, plus a table of the worst and best examples per candidate."""
+    """W&B Tables (main process only): comparison with CIs, gains and differences for every metric
+    column, every prediction with its per-example scores, a table of the worst and best examples
+    per candidate; the summary holds each candidate's mean per column."""
     from sumtune import tracking
 
-    tracking.log_table(accelerator, "comparison",
-                       ["model", "metric", "mean", "ci_low", "ci_high", "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp"],
-                       long_rows(c))
-    cols = ["candidate", "id", "dialogue", "reference", "prediction", *rouge.ROUGE_TYPES, "prediction_words", "reference_words"]
+    tracking.log_table(accelerator, "comparison", LONG_COLUMNS, long_rows(c))
+    # ROUGE first as before; then the other metrics' columns (None where a candidate lacks one).
+    others = [col.name for col in c.columns if col.name not in rouge.ROUGE_TYPES]
+    cols = ["candidate", "id", "dialogue", "reference", "prediction", *rouge.ROUGE_TYPES, "prediction_words",
+            "reference_words", *others]
     preds = [[r.name, rec["id"], rec.get("dialogue", ""), references_text(rec), rec["prediction"],
-              *(s[k] for k in rouge.ROUGE_TYPES), _words(rec["prediction"]), reference_words(rec)]
-             for r in results for rec, s in zip(r.records, r.per_example)]
-    if c.toxicity:  # a column of its own only when scored, so tables without it are as before
-        cols.append("toxicity")
-        preds = [row + [rec.get("toxicity")] for row, rec in zip(preds, (rec for r in results for rec in r.records))]
+              *(s[k] for k in rouge.ROUGE_TYPES), _words(rec["prediction"]), reference_words(rec),
+              *(float(r.values[k][i]) if k in r.values else None for k in others)]
+             for r in results for i, (rec, s) in enumerate(zip(r.records, r.per_example))]
     tracking.log_table(accelerator, "predictions", cols, preds)
     picked = []
     for r in results:
@@ -494,12 +629,13 @@ def log_to_tracker(accelerator, results: list[Result], c: Comparison, report_exa
             picked += [[r.name, kind, r.records[i]["id"], r.per_example[i]["rougeLsum"], references_text(r.records[i]),
                         r.records[i]["prediction"]] for i in idx]
     tracking.log_table(accelerator, "extremes", ["candidate", "kind", "id", "rougeLsum", "reference", "prediction"], picked)
-    tracking.set_summary(accelerator, {f"{n}/{k}": s[k] for n, s in c.means.items() for k in rouge.ROUGE_TYPES})
+    tracking.set_summary(accelerator, {f"{n}/{k}": v for n, s in c.means.items() for k, v in s.items()})
     if c.toxicity:
         tracking.log_table(accelerator, "toxicity", ["model", "mean", "ci_low", "ci_high", "std", "share_above_0_5",
                                                      "share_ci_low", "share_ci_high", "change", "change_ci_low",
                                                      "change_ci_high"],
                            [[n, t["mean"], *t["ci"], t["std"], t["share_above_0_5"], *t["share_ci"], t.get("change"),
                              *t.get("change_ci", (None, None))] for n, t in c.toxicity.items()])
+        # The keys W&B dashboards had before the registry.
         tracking.set_summary(accelerator, {f"{n}/toxicity_{k}": t[k] for n, t in c.toxicity.items()
                                            for k in ("mean", "std", "share_above_0_5")})

@@ -258,7 +258,13 @@ class TrainConfig:
     # best checkpoint by best_metric is kept as best/ in the run folder.
     rouge_every: int = 0
     rouge_examples: int = 64
-    best_metric: Literal["rouge1", "rouge2", "rougeL", "rougeLsum"] = "rougeLsum"
+    # Any column of a configured metric (eval.metrics): rouge1..rougeLsum, bertscore_f1, toxicity,
+    # summary_words, ... Validation scores ROUGE and, when this names another metric's column, that
+    # metric too (its model loaded at the first validation, not before).
+    best_metric: str = "rougeLsum"
+    # "auto": the column's own direction (higher is better for ROUGE and BERTScore, lower for
+    # toxicity); a descriptive column (the lengths metric) has none and needs "max" or "min".
+    best_metric_mode: Literal["auto", "max", "min"] = "auto"
     # Stop after this many ROUGE evaluations without a new best (0: never).
     early_stopping_patience: int = 0
     # Save the whole training state every N optimizer steps and at the end (0: never), into
@@ -299,6 +305,17 @@ class EvalConfig:
     toxicity_model: str | None = None
     toxicity_label: str = "hate"
     toxicity_batch_size: int = 64
+    # The metrics of the comparison tables, W&B and the report, from the registry in
+    # sumtune/metrics/: rouge, bertscore, lengths, toxicity (rouge is always among them). None:
+    # [rouge]; toxicity is added whenever toxicity_model is set.
+    metrics: list[str] | None = None
+    # BERTScore (the bert-score package): the encoder (hub id or a local folder), the layer whose
+    # output is used (None: bert_score's tuned layer for the model; a model it does not know needs
+    # one), and rescaling with bert_score's baseline (only for the models it ships one for).
+    bertscore_model: str = "roberta-large"
+    bertscore_num_layers: int | None = None
+    bertscore_rescale: bool = False
+    bertscore_batch_size: int = 64
 
 
 @dataclass
@@ -726,6 +743,7 @@ def validate(cfg: RunConfig) -> None:
              "must name a classifier (hub id or path), or be null")
     _require(bool(e.toxicity_label.strip()), "eval.toxicity_label", "must name a label of the classifier")
     _require(e.toxicity_batch_size >= 1, "eval.toxicity_batch_size", f"must be >= 1, got {e.toxicity_batch_size}")
+    _validate_metrics(cfg)
     _require(rl.samples_per_prompt >= 2 or rl.algorithm == "ppo" and rl.samples_per_prompt >= 1, "rl.samples_per_prompt",
              f"must be >= 2 with rl.algorithm={rl.algorithm} (the leave-one-out baseline needs another sample; "
              f"rl.algorithm=ppo takes 1), got {rl.samples_per_prompt}")
@@ -752,6 +770,40 @@ def validate(cfg: RunConfig) -> None:
     _require(bool(rl.reward.label.strip()), "rl.reward.label", "must name the classifier's good label")
     _require(rl.reward.batch_size >= 1, "rl.reward.batch_size", f"must be >= 1, got {rl.reward.batch_size}")
     _require(rl.reward.max_length >= 2, "rl.reward.max_length", f"must be >= 2, got {rl.reward.max_length}")
+
+
+def _validate_metrics(cfg: RunConfig) -> None:
+    from sumtune import metrics
+
+    e, t = cfg.eval, cfg.train
+    known = ", ".join(metrics.REGISTRY)
+    for name in e.metrics or []:
+        _require(name in metrics.REGISTRY, "eval.metrics", f"unknown metric '{name}'; known metrics: {known}")
+    _require(e.metrics is None or len(set(e.metrics)) == len(e.metrics), "eval.metrics", f"names a metric twice: {e.metrics}")
+    _require(e.metrics is None or "rouge" in e.metrics, "eval.metrics",
+             f"must include rouge (the headline, the extremes and validation use it), got {e.metrics}")
+    _require("toxicity" not in (e.metrics or []) or bool(e.toxicity_model), "eval.metrics",
+             "toxicity needs eval.toxicity_model (a sequence classifier: hub id or path)")
+    _require(bool(e.bertscore_model.strip()), "eval.bertscore_model", "must name an encoder (hub id or path)")
+    _require(e.bertscore_num_layers is None or e.bertscore_num_layers >= 0, "eval.bertscore_num_layers",
+             f"must be >= 0 or null, got {e.bertscore_num_layers}")
+    _require(e.bertscore_batch_size >= 1, "eval.bertscore_batch_size", f"must be >= 1, got {e.bertscore_batch_size}")
+    names = metrics.configured(e)
+    if "bertscore" in names:
+        from sumtune.metrics.bertscore import check_settings, default_layers
+
+        layers = e.bertscore_num_layers if e.bertscore_num_layers is not None else default_layers(e.bertscore_model)
+        check_settings(e.bertscore_model, layers, e.bertscore_rescale)
+    owner = metrics.column_owner(t.best_metric, names)
+    if owner is None:
+        columns = ", ".join(c.name for c in metrics.columns_of(names))
+        other = metrics.column_owner(t.best_metric, list(metrics.REGISTRY))
+        hint = f"; add {other.name} to eval.metrics" if other is not None else ""
+        raise ConfigError(f"config key 'train.best_metric': no configured metric provides '{t.best_metric}' "
+                          f"(eval.metrics gives {columns}){hint}")
+    column = next(c for c in owner.columns if c.name == t.best_metric)
+    _require(column.higher_is_better is not None or t.best_metric_mode != "auto", "train.best_metric_mode",
+             f"'{t.best_metric}' is descriptive (no better direction); set train.best_metric_mode=max or min")
 
 
 def _validate_method(m: ModelConfig) -> None:

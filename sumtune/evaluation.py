@@ -1,4 +1,5 @@
-"""Evaluation: candidates -> predictions -> ROUGE -> comparison tables (files and W&B).
+"""Evaluation: candidates -> predictions -> metrics (``eval.metrics``: ROUGE and the others of
+sumtune/metrics/) -> comparison tables (files and W&B).
 
 A candidate is ``NAME=PATH[,shots=K][,template=T]``: a run folder written by training (an adapter
 of any method, or a full model, prompted with the template it was trained with) or a merged export
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sumtune import compare, data, families, models, rouge, tracking
+from sumtune import compare, data, families, metrics, models, rouge, tracking
 from sumtune.config import RunConfig, to_dict
 from sumtune.errors import SumtuneError
 from sumtune.prompts import TEMPLATES
@@ -107,7 +108,11 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
     examples = data.scoring_examples(records, cfg.eval.references)
     tracking.say(accelerator, f"{cfg.eval.split}: {len(records)} rows ({read.skipped} bad rows skipped"
                  f"{read.describe_normalised()}) -> {describe_examples(examples)}")
-    toxicity = ToxicityScorer(cfg, accelerator) if cfg.eval.toxicity_model else None  # one line now if it cannot work
+    names_of_metrics = metrics.configured(cfg.eval)
+    scorers = [m for m in metrics.build(names_of_metrics, cfg, accelerator) if m.name != "rouge"]
+    for m in scorers:  # a model metric loads its model once, now: one line here if it cannot work
+        if hasattr(m, "load"):
+            m.load()
     dialogues = [e["dialogue"] for e in examples]
     references = [e["references"] for e in examples]
     results: list[compare.Result] = []
@@ -126,7 +131,15 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
         seconds = time.perf_counter() - started
         scores = rouge.score_multi(preds, references)
         means = scores.means
-        metrics = {
+        values = {k: np.array([e[k] for e in scores.best]) for k in rouge.ROUGE_TYPES}
+        over_refs = {k: np.array([e[k] for e in scores.mean_over_refs]) for k in rouge.ROUGE_TYPES}
+        scored = {}
+        for m in scorers:
+            scored[m.name] = m.score(preds, references, dialogues)
+            values.update(scored[m.name].values)
+            over_refs.update(scored[m.name].over_refs or {})
+        column_means = {k: float(v.mean()) for k, v in values.items()}
+        info = {
             **means,
             # With several references per dialogue, the scores above are the multi-reference score
             # (best reference per ROUGE type); these are the mean over each dialogue's references.
@@ -154,34 +167,42 @@ def evaluate_candidates(cfg: RunConfig, candidates: list[Candidate], out: Path, 
             # What decoding really used: sumtune's settings win over a checkpoint's generation_config.json.
             "generation_settings": stats.settings,
             "generation_strategy": stats.strategy,
+            "metrics": names_of_metrics,
+            # Every metric column's mean (ROUGE's too); per-example values of the metrics that need
+            # a model are in predictions.jsonl, the others are recomputed from the texts.
+            "means": column_means,
+            "metric_settings": {m.name: m.settings() for m in scorers if m.settings()},
         }
         note = f"; {stats.shots_dropped} shots dropped as too long" if cand.shots else ""
-        tox = toxicity(preds) if toxicity else None
-        if tox is not None:
-            metrics["toxicity"] = {"model": toxicity.name, "label": toxicity.label_name,
-                                   **compare.toxicity_stats(np.array(tox), seed=cfg.train.seed)}
-            note += f"; toxicity {metrics['toxicity']['mean']:.4f} (share > 0.5: {metrics['toxicity']['share_above_0_5']:.4f})"
+        if "toxicity" in scored:
+            info["toxicity"] = {**info["metric_settings"]["toxicity"],
+                                **compare.toxicity_stats(scored["toxicity"].values["toxicity"], seed=cfg.train.seed)}
+            note += f"; toxicity {info['toxicity']['mean']:.4f} (share > 0.5: {info['toxicity']['share_above_0_5']:.4f})"
+        others = [c.name for m in scorers if m.name != "toxicity" for c in m.columns]
+        if others:
+            note += "; " + " ".join(f"{k} {column_means[k]:.4f}" for k in others)
         multi = max(len(r) for r in references) > 1
         if multi:
             note += "; mean over references: " + " ".join(f"{k} {scores.means_over_refs[k]:.4f}" for k in rouge.ROUGE_TYPES)
         tracking.say(accelerator, f"{cand.name}: " + ("multi-reference " if multi else "")
                      + " ".join(f"{k} {means[k]:.4f}" for k in rouge.ROUGE_TYPES)
-                     + f" ({metrics['summaries_per_second']} summaries/s{note})")
-        accelerator.log({f"{cand.name}/{k}": means[k] for k in rouge.ROUGE_TYPES}
+                     + f" ({info['summaries_per_second']} summaries/s{note})")
+        accelerator.log({f"{cand.name}/{k}": v for k, v in column_means.items()}
                         | ({f"{cand.name}/{k}{compare.OVER_REFS_SUFFIX}": scores.means_over_refs[k]
                             for k in rouge.ROUGE_TYPES} if multi else {})
-                        | ({f"{cand.name}/toxicity_mean": metrics["toxicity"]["mean"]} if tox is not None else {}))
+                        | ({f"{cand.name}/toxicity_mean": info["toxicity"]["mean"]} if "toxicity" in scored else {}))
         rows = [prediction_row(e, p) for e, p in zip(examples, preds)]
-        if tox is not None:
-            for row, value in zip(rows, tox):
-                row["toxicity"] = value
-        results.append(compare.Result(cand.name, rows, per_example=scores.best, extra=metrics,
-                                      per_example_mean=scores.mean_over_refs))
+        for m in scorers:
+            for i, row in enumerate(rows):
+                row.update(m.row_fields(scored[m.name], i))
+        results.append(compare.Result(cand.name, rows, per_example=scores.best, extra=info,
+                                      per_example_mean=scores.mean_over_refs, metrics=names_of_metrics,
+                                      values=values, over_refs=over_refs))
         if accelerator.is_main_process:
             folder = out / cand.name
             folder.mkdir(parents=True, exist_ok=True)
             _write_jsonl(folder / "predictions.jsonl", rows)
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            (folder / "metrics.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         del model
     comparison = compare.compare(results, split=cfg.eval.split, seed=cfg.train.seed)
     if accelerator.is_main_process:
@@ -207,33 +228,6 @@ def prediction_row(example: dict, prediction: str) -> dict:
     if example["ids"] != [example["id"]]:
         row["row_ids"] = example["ids"]
     return row
-
-
-class ToxicityScorer:
-    """Toxicity of each summary (the summary alone): the probability of ``eval.toxicity_label`` from
-    the ``eval.toxicity_model`` classifier. Each rank scores a share; every rank gets all scores."""
-
-    def __init__(self, cfg: RunConfig, accelerator):
-        from sumtune.rewards import Classifier
-
-        e = cfg.eval
-        self.acc, self.name, self.label_name = accelerator, e.toxicity_model, e.toxicity_label
-        self.clf = Classifier(e.toxicity_model, key="eval.toxicity_model", device=accelerator.device,
-                              batch_size=e.toxicity_batch_size, trust_remote_code=cfg.model.trust_remote_code)
-        self.label = self.clf.label(e.toxicity_label, key="eval.toxicity_label")
-
-    def __call__(self, texts: list[str]) -> list[float]:
-        from accelerate.utils import gather_object
-
-        rank, world = self.acc.process_index, self.acc.num_processes
-        mine = list(range(rank, len(texts), world))
-        values = self.clf.scores([texts[i] for i in mine], self.label, "probability").tolist()
-        pairs = list(zip(mine, values))
-        everything = gather_object(pairs) if world > 1 else pairs
-        out = [0.0] * len(texts)
-        for i, value in everything:
-            out[i] = value
-        return out
 
 
 def score_file(path: Path) -> tuple[dict[str, float], int]:

@@ -1,5 +1,5 @@
 """The offline demo: synthetic dialogues, a tokenizer trained on them, a tiny pretrained T5 and a
-tiny pretrained decoder-only (Llama-style) model.
+tiny pretrained decoder-only (Llama-style) model, and the tiny encoder the demo's BERTScore uses.
 
     python -m sumtune_demo --out demo     # builds demo/data, demo/model (T5), demo/causal (cached)
 
@@ -173,6 +173,39 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, log_dir
     return {f"{name}_steps": steps, f"{name}_loss": metrics["train_loss"], f"{name}_documents": len(feats)}
 
 
+def bertscore_encoder(model_dir: Path, out: Path) -> Path:
+    """demo/bertscore: the encoder the demo's BERTScore uses (offline: no hub model). A one-layer
+    BERT whose word embeddings are the demo T5's pre-trained input embeddings (same pieces, plus
+    <s> opening and </s> closing each text, which bert_score weighs 0), with position and segment
+    embeddings zeroed; the demo reads layer 0 (eval.bertscore_num_layers: 0), the embeddings
+    alone: a soft match of tokens by the T5's embedding similarity, without context. Its numbers
+    say how close two texts' pieces are in this tiny model's space, and are not comparable with
+    published BERTScore (roberta-large, layer 17)."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer, BertConfig, BertModel, T5EncoderModel
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.add_special_tokens({"cls_token": "<s>", "sep_token": "</s>"})
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+        special_tokens=[("<s>", tok.cls_token_id), ("</s>", tok.sep_token_id)])
+    tok.model_max_length = 512  # bert_score truncates to it; unset it is 1e30, which the tokenizer refuses
+    tok.save_pretrained(out)
+    t5 = T5EncoderModel.from_pretrained(model_dir)
+    shared = t5.get_input_embeddings().weight
+    config = BertConfig(vocab_size=len(tok), hidden_size=shared.shape[1], num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=2 * shared.shape[1], max_position_embeddings=512,
+                        pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    bert = BertModel(config)  # with its (unused) pooler: AutoModel, which bert_score loads, expects one
+    with torch.no_grad():
+        bert.embeddings.word_embeddings.weight[: shared.shape[0]] = shared
+        bert.embeddings.position_embeddings.weight.zero_()
+        bert.embeddings.token_type_embeddings.weight.zero_()
+    bert.save_pretrained(out)
+    return out
+
+
 def _toxicity_classifier(tokenizer, seed: int, steps: int = 300, examples: int = 4000) -> tuple[object, dict]:
     """A tiny RoBERTa sequence classifier labelled like facebook/roberta-hate-speech-dynabench-r4-target
     (0 "nothate", 1 "hate"), trained on sentences of a corpus drawn from another seed than the demo's
@@ -237,8 +270,12 @@ def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pr
         paths["causal"] = out / "causal"
     if toxic_share:
         paths["toxicity"] = out / "toxicity"
-    if not force and stamp_file.is_file() and all((p / "config.json").is_file() for k, p in paths.items() if k != "data"):
+    paths["bertscore"] = out / "bertscore"
+    if not force and stamp_file.is_file() and all((p / "config.json").is_file() for k, p in paths.items()
+                                                  if k not in ("data", "bertscore")):
         if {k: v for k, v in json.loads(stamp_file.read_text()).items() if k in stamp} == stamp:
+            if not (paths["bertscore"] / "config.json").is_file():  # a build from before it existed: add it alone
+                bertscore_encoder(paths["model"], paths["bertscore"])
             return paths
     if out.exists() and any(out.iterdir()):
         if not stamp_file.is_file():
@@ -271,6 +308,7 @@ def build(out: str | Path = "demo", seed: int = 0, sizes: dict | None = None, pr
         classifier, scores = _toxicity_classifier(clf_tok, seed, classifier_steps)
         classifier.save_pretrained(paths["toxicity"])
         result.update(scores)
+    bertscore_encoder(paths["model"], paths["bertscore"])
     stamp_file.write_text(json.dumps({**stamp, **result}, indent=2) + "\n")
     return paths
 
@@ -290,6 +328,7 @@ def main() -> None:
                   causal_steps=args.causal_steps, toxic_share=args.toxic_share)
     built = [f"{paths['model']} (T5)"] + ([f"{paths['causal']} (decoder-only)"] if "causal" in paths else [])
     extra = f"; toxicity classifier in {paths['toxicity']}" if "toxicity" in paths else ""
+    extra += f"; BERTScore encoder in {paths['bertscore']}"
     print(f"[sumtune] demo data in {paths['data']}, base models in {' and '.join(built)}{extra}")
 
 

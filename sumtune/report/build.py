@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sumtune import data, models, rouge, tracking
+from sumtune import data, metrics, models, tracking
 from sumtune.checkpoints import CONFIG_FILE
 from sumtune.config import RunConfig, load_config
 from sumtune.errors import SumtuneError
@@ -184,16 +184,31 @@ def inspect_eval(folder: Path, name: str, out: Path) -> tuple[Section, dict]:
     s = scores.read(folder)
     sub = out / name
     section = Section(f"evaluation {name}", f"{folder}: {len(s.candidates)} candidates, baseline {s.baseline}.")
-    section.files.append(_write_csv(sub / "rouge.csv", scores.SCORE_COLUMNS, scores.score_rows(s)))
-    section.tables.append(Table(f"ROUGE F-measure [95% bootstrap interval]; gain over {s.baseline} in percentage points "
-                                "[95% paired interval] (from comparison_ci.csv)",
-                                ["candidate", *rouge.ROUGE_TYPES, *(f"gain {k}" for k in rouge.ROUGE_TYPES)],
-                                [[c, *(_interval(s.ci[c][k], "mean", "ci_low", "ci_high", ".4f") for k in rouge.ROUGE_TYPES),
-                                  *(_interval(s.ci[c][k], "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp", "+.2f")
-                                    for k in rouge.ROUGE_TYPES)] for c in s.candidates]))
+    section.files.append(_write_csv(sub / "scores.csv", scores.SCORE_COLUMNS, scores.score_rows(s)))
+    others = []
+    for metric, cols in scores.metrics_in(s):
+        gains = [k for k in cols if any(s.ci[c].get(k, {}).get("gain_pp") is not None for c in s.candidates)]
+        diffs = [k for k in cols if k not in gains
+                 and any(s.ci[c].get(k, {}).get("difference") is not None for c in s.candidates)]
+        what = {"rouge": "ROUGE F-measure", "bertscore": "BERTScore"}.get(metric, metrics.get(metric).title)
+        section.tables.append(Table(
+            f"{what} [95% bootstrap interval]" + (f"; gain over {s.baseline} in percentage points [95% paired interval]"
+                                                  if gains else "")
+            + (f"; difference to {s.baseline} [95% paired interval] (not a gain)" if diffs else "")
+            + " (from comparison_ci.csv)",
+            ["candidate", *cols, *(f"gain {k}" for k in gains), *(f"difference {k}" for k in diffs)],
+            [[c, *(_interval(s.ci[c].get(k, {}), "mean", "ci_low", "ci_high", ".4f") for k in cols),
+              *(_interval(s.ci[c].get(k, {}), "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp", "+.2f") for k in gains),
+              *(_interval(s.ci[c].get(k, {}), "difference", "difference_ci_low", "difference_ci_high", "+.4f")
+                for k in diffs)]
+             for c in s.candidates if any(k in s.ci[c] for k in cols)]))
+        if metric != "rouge":
+            others.append((metric, cols))
     section.pictures.append(scores.rouge_bars(s, sub / "rouge.png", name))
     if len(s.candidates) > 1:
         section.pictures.append(scores.gain_bars(s, sub / "gain.png", name))
+    for metric, cols in others:
+        section.pictures.append(scores.metric_bars(s, metric, cols, sub / f"{metric}_scores.png", name))
     if s.lengths:
         section.files.append(_write_csv(sub / "lengths.csv", scores.LENGTH_COLUMNS, scores.length_rows(s)))
         section.pictures.append(scores.length_histograms(s, sub / "lengths.png", name))

@@ -1,5 +1,6 @@
 """Charts of an evaluation folder (``eval/evaluate.py --out``): ROUGE with its 95% intervals, the
-gain over the baseline, and prediction vs reference lengths. The numbers are read from the files
+gain over the baseline, each other metric of the evaluation (``eval.metrics``) with its intervals,
+and prediction vs reference lengths. The numbers are read from the files
 the evaluation wrote (``comparison_ci.csv``, ``*/predictions.jsonl``), never recomputed."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sumtune import rouge
+from sumtune import metrics, rouge
 from sumtune.compare import reference_words
 from sumtune.data import iter_jsonl
 from sumtune.errors import SumtuneError
@@ -35,7 +36,8 @@ def read(folder: Path) -> Scores:
     with path.open(encoding="utf-8", newline="") as f:
         for lineno, row in enumerate(csv.DictReader(f), start=2):
             try:
-                ci.setdefault(row["model"], {})[row["metric"]] = {k: _number(row[k]) for k in row if k not in ("model", "metric")}
+                ci.setdefault(row["model"], {})[row["metric"]] = {k: _number(row[k]) for k in row
+                                                                  if k not in ("model", "metric", "better")}
             except (KeyError, ValueError):
                 raise SumtuneError(f"{path} line {lineno}: not a comparison_ci.csv row written by eval/evaluate.py") from None
     if not ci:
@@ -52,7 +54,20 @@ def read(folder: Path) -> Scores:
 
 
 LENGTH_COLUMNS = ["candidate", "example", "prediction_words", "reference_words"]
-SCORE_COLUMNS = ["model", "metric", "mean", "ci_low", "ci_high", "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp"]
+SCORE_COLUMNS = ["model", "metric", "mean", "ci_low", "ci_high", "gain_pp", "gain_ci_low_pp", "gain_ci_high_pp",
+                 "difference", "difference_ci_low", "difference_ci_high"]
+
+
+def metrics_in(s: Scores) -> list[tuple[str, list[str]]]:
+    """(metric name, its columns) for every registry metric the evaluation's file holds, in the
+    registry's order (ROUGE first)."""
+    present = {k for per in s.ci.values() for k in per}
+    out = []
+    for name, metric in metrics.REGISTRY.items():
+        cols = [c for c in metric.column_names() if c in present]
+        if cols:
+            out.append((name, cols))
+    return out
 
 
 def length_rows(s: Scores) -> list[list]:
@@ -60,8 +75,10 @@ def length_rows(s: Scores) -> list[list]:
 
 
 def score_rows(s: Scores) -> list[list]:
-    return [[name, k, *(s.ci[name][k][c] for c in SCORE_COLUMNS[2:])] for name in s.candidates for k in rouge.ROUGE_TYPES
-            if k in s.ci[name]]
+    """Every metric column of every candidate (files written before the registry have no
+    difference columns: None)."""
+    return [[name, k, *(s.ci[name][k].get(c) for c in SCORE_COLUMNS[2:])] for name in s.candidates
+            for _, cols in metrics_in(s) for k in cols if k in s.ci[name]]
 
 
 def _bars(ax, s: Scores, names: list[str], value: str, low: str, high: str, scale: float = 1.0) -> None:
@@ -134,3 +151,24 @@ def length_histograms(s: Scores, path: Path, name: str):
     fig.suptitle(f"{name}: prediction vs reference length per candidate")
     caption = "Length in words (whitespace-separated) of each prediction and its reference, per candidate."
     return plot.save(fig, path, f"{name}: prediction vs reference length", caption)
+
+
+def metric_bars(s: Scores, metric: str, columns: list[str], path: Path, name: str):
+    """One panel per column of a metric other than ROUGE: the mean per candidate with its 95%
+    interval (the columns of one metric may have different units, e.g. words and shares)."""
+    from sumtune.report import plot
+
+    names = [c for c in s.candidates if all(k in s.ci[c] for k in columns)]
+    fig, axes = plot.figure(max(6.0, 2.6 * len(columns) + 1.5), 3.8, 1, len(columns))
+    title = metrics.get(metric).title
+    for ax, k in zip(axes.flat, columns):
+        mean = np.array([s.ci[c][k]["mean"] for c in names])
+        err = np.array([[m - s.ci[c][k]["ci_low"], s.ci[c][k]["ci_high"] - m] for c, m in zip(names, mean)]).T
+        ax.bar(range(len(names)), mean, yerr=err, capsize=2, color=[plot.color(s.candidates.index(c)) for c in names],
+               error_kw={"linewidth": 0.9})
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(k, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{name}: {title} per candidate with 95% bootstrap intervals", fontsize=10)
+    caption = f"Mean {title} per candidate, one panel per column; error bars: 95% bootstrap interval (comparison_ci.csv)."
+    return plot.save(fig, path, f"{name}: {title} per candidate", caption)

@@ -1,4 +1,5 @@
-"""In-training ROUGE with best/ and early stopping, prompt baselines, comparison, inference CLI."""
+"""In-training ROUGE with best/ and early stopping, prompt baselines, comparison (ROUGE, BERTScore on
+the demo's tiny encoder, lengths), inference CLI."""
 
 import csv
 import functools
@@ -23,6 +24,11 @@ EARLY_STOP = ("train.rouge_every=1", "train.rouge_examples=4", "train.early_stop
               "train.lr=1e-12", "train.max_steps=20")
 
 
+def bertscore(demo):
+    """The demo's tiny BERTScore encoder (its layer 0: the T5's embeddings)."""
+    return [f"eval.bertscore_model={demo['bertscore']}", "eval.bertscore_num_layers=0"]
+
+
 @pytest.fixture(scope="module")
 def launches(demo, tmp_path_factory):
     """The run with in-training ROUGE and the early-stopping run, launched two at a time (folders
@@ -32,7 +38,10 @@ def launches(demo, tmp_path_factory):
     futures = two_at_a_time({
         "rouge": functools.partial(launch, "train/finetune.py", *overrides(
             demo, folders["rouge"], "lora-rouge", "train.rouge_every=2", "train.rouge_examples=8", "train.lr=3e-3")),
-        "stop": functools.partial(launch, "train/finetune.py", *overrides(demo, folders["stop"], "stop", *EARLY_STOP)),
+        # best/ chosen by BERTScore: both ranks score their share of the validation summaries and gather
+        "stop": functools.partial(launch, "train/finetune.py", *overrides(
+            demo, folders["stop"], "stop", *EARLY_STOP, "eval.metrics=[rouge,bertscore]", *bertscore(demo),
+            "train.best_metric=bertscore_f1")),
     })
     return {name: (folders[name], futures[name]) for name in folders}
 
@@ -70,6 +79,9 @@ def test_early_stopping_is_agreed_across_ranks(launches):
     metrics = json.loads((tmp_path / "stop" / "metrics.json").read_text())
     assert metrics["stopped_early"] is True and metrics["step"] == 2 and metrics["world_size"] == 2
     assert "saved" in proc.stdout
+    scored = [r for r in read_jsonl(tmp_path / "stop" / "train_log.jsonl") if "val_bertscore_f1" in r]
+    assert [r["step"] for r in scored] == [1, 2] and "val_rougeLsum" in scored[0]
+    assert metrics["best_step"] == 1 and metrics["best_val_bertscore_f1"] == pytest.approx(scored[0]["val_bertscore_f1"])
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +93,7 @@ def evaluated(rouge_run, demo):
         "--candidate", f"zero={demo['model']}", "--candidate", f"one={demo['model']},shots=1",
         "--candidate", f"few={demo['model']},shots=3", "--candidate", f"lora={run}",
         *run_overrides(demo, tmp, "eval", "lora"), "data.max_source_length=160",
+        "eval.metrics=[rouge,bertscore,lengths]", *bertscore(demo),
     ))
     return out
 
@@ -103,17 +116,37 @@ def test_prompt_baselines_take_shots_from_train_only_and_report_drops(evaluated,
 def test_comparison_has_intervals_gains_and_a_report(evaluated):
     rows = list(csv.DictReader((evaluated / "comparison.csv").open()))
     assert [r["model"] for r in rows] == ["zero", "one", "few", "lora"]
+    bert = ["bertscore_precision", "bertscore_recall", "bertscore_f1"]
+    lengths = ["summary_words", "compression_ratio", "novel_unigrams", "novel_bigrams", "repeated_trigrams"]
+    assert list(rows[0]) == ["model", "rouge1", "rouge2", "rougeL", "rougeLsum", *bert, *lengths]
     ci = list(csv.DictReader((evaluated / "comparison_ci.csv").open()))
-    assert len(ci) == 16
+    assert len(ci) == 4 * 12
     for row in ci:
         assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
         if row["model"] != "zero":
-            assert float(row["gain_ci_low_pp"]) <= float(row["gain_pp"]) <= float(row["gain_ci_high_pp"])
+            lo, diff, hi = (float(row[k]) for k in ("difference_ci_low", "difference", "difference_ci_high"))
+            assert lo - 1e-4 <= diff <= hi + 1e-4
+            if row["metric"] in lengths:  # descriptive: a difference, never a gain
+                assert row["gain_pp"] == "" and row["better"] == ""
+            else:
+                assert float(row["gain_ci_low_pp"]) <= float(row["gain_pp"]) <= float(row["gain_ci_high_pp"])
+    # every row of predictions.jsonl keeps its BERTScore (eval/compare.py has no model to recompute it)
+    preds = read_jsonl(evaluated / "lora" / "predictions.jsonl")
+    assert all(0 < p["bertscore_f1"] <= 1 for p in preds)
+    metrics = json.loads((evaluated / "lora" / "metrics.json").read_text())
+    assert metrics["metrics"] == ["rouge", "bertscore", "lengths"]
+    assert metrics["metric_settings"]["bertscore"]["num_layers"] == 0
+    md = (evaluated / "comparison.md").read_text()
+    assert "## BERTScore (bert-score " in md and "layer 0, not rescaled" in md and "## Length and abstractiveness" in md
     report = (evaluated / "report.md").read_text()
     assert "## lora: worst 5 by rougeLsum" in report and "## zero: best 5 by rougeLsum" in report
     (offline,) = list((evaluated / "wandb").glob("offline-run-*"))
     tables = {p.name.split("_")[0] for p in offline.glob("files/media/table/*.table.json")}
     assert {"predictions", "comparison", "extremes"} <= tables
+    (table,) = offline.glob("files/media/table/predictions_*.table.json")
+    assert {"bertscore_f1", "summary_words", "novel_bigrams"} <= set(json.loads(table.read_text())["columns"])
+    record = next(offline.glob("run-*.wandb")).read_bytes()
+    assert b"lora/bertscore_f1" in record and b"lora/repeated_trigrams" in record  # the summary and the logged means
 
 
 def test_compare_cli_rebuilds_the_table_from_folders_with_another_baseline(evaluated, tmp_path):

@@ -51,7 +51,7 @@ def test_a_toxic_build_puts_a_classifier_beside_the_model(tmp_path):
 
     paths = build(tmp_path / "d", seed=2, sizes={"train": 40, "validation": 4, "test": 4}, pretrain_steps=1,
                   vocab_size=300, causal_steps=0, toxic_share=0.5, classifier_steps=2)
-    assert set(paths) == {"data", "model", "toxicity"}  # causal_steps=0: no decoder-only model
+    assert set(paths) == {"data", "model", "toxicity", "bertscore"}  # causal_steps=0: no decoder-only model
     config = AutoConfig.from_pretrained(paths["toxicity"])
     assert config.id2label == {0: "nothate", 1: "hate"} and config.architectures == ["RobertaForSequenceClassification"]
     stamp = json.loads((tmp_path / "d/build.json").read_text())

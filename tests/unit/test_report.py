@@ -221,7 +221,7 @@ def test_training_curves_overlay_both_logs_as_they_were_written(folders, report)
 
 
 def test_evaluation_charts_plot_the_evaluations_own_intervals_and_lengths(folders, report):
-    plotted = {(r["model"], r["metric"]): r for r in _csv(report["out"] / "eval" / "rouge.csv")}
+    plotted = {(r["model"], r["metric"]): r for r in _csv(report["out"] / "eval" / "scores.csv")}
     written = _csv(folders["eval"] / "comparison_ci.csv")
     assert len(plotted) == len(written) == 12
     for w in written:
