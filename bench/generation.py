@@ -45,8 +45,10 @@ def report(results: dict) -> str:
         f"Measured {results['date']} on {results['machine']} with `{results['command']}`; load average "
         f"{results['load_before']} before, {results['load_after']} after (another session shared the machine's cores).",
         "",
-        f"{results['dialogues']} validation dialogues of the demo, greedy, up to 64 new tokens, each model fine-tuned "
-        f"first ({results['args']['steps']} steps of full fine-tuning at batch 8). Summaries/s: median of "
+        f"{results['dialogues']} validation dialogues of the demo, greedy, up to 64 new tokens, "
+        + (f"each model fine-tuned first ({results['args']['steps']} steps of full fine-tuning at batch 8)"
+           if results['args']['steps'] else "the demo's base models (not fine-tuned)")
+        + f". Summaries/s: median of "
         f"{results['args']['repeats']} rounds, strategies in turns, each family in a worker process of its own. "
         "Decoder steps: forward calls that decode (a decoder-only model's prefill counts). Identical: summaries "
         "equal to the data-order ones.",
@@ -60,7 +62,8 @@ def report(results: dict) -> str:
                 f"sumtune ({own}): steps, summaries/s"] + [f"transformers {k}: summaries/s" for k in extra] + [
                 f"speed-up vs data order: sorted, **{own}**" + "".join(f", {k}" for k in extra),
                 f"identical: sorted, {own}" + "".join(f", {k}" for k in extra)]
-        lines += [f"## {name} ({g['model_type']}, fine-tuned from demo/{row['base']})", "",
+        origin = f"fine-tuned from demo/{row['base']}" if results["args"]["steps"] else f"demo/{row['base']} as built"
+        lines += [f"## {name} ({g['model_type']}, {origin})", "",
                   "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for size, r in g["by_batch_size"].items():
             base = r["data-order"]["summaries_per_s"]
@@ -81,7 +84,9 @@ def report(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps of each base model (batch 8)")
+    parser.add_argument("--steps", type=int, default=300,
+                        help="fine-tuning steps of each base model (batch 8); 0: the demo's base models as they are")
+    parser.add_argument("--families", default="T5,decoder-only")
     parser.add_argument("--batch-sizes", default="8,16,32")
     parser.add_argument("--out", default=str(REPO / "bench/generation_results"))
     args = parser.parse_args()
@@ -92,17 +97,18 @@ def main() -> None:
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.time()
     out: dict = {}
-    for name, base, hf_batch in MODELS:
+    for name, base, hf_batch in [m for m in MODELS if m[0] in args.families.split(",")]:
         common = {"model": str(REPO / "demo" / base), "data": str(REPO / "demo/data"), "out": str(WORK),
                   "steps": args.steps, "batch": 8, "lr": 1e-3, "warmup": max(1, args.steps // 10), "log_every": 10}
         run_name = f"gen-{base}"
-        trained = run_worker("sumtune", {**common, "run_name": run_name, "heldout": False})
-        print(f"{name}: fine-tuned, loss {trained['tail_loss']:.4f}", flush=True)
-        generation = run_worker("generate", {**common, "run_name": "gen", "model": str(WORK / run_name),
+        trained = run_worker("sumtune", {**common, "run_name": run_name, "heldout": False}) if args.steps else {}
+        print(f"{name}: fine-tuned, loss {trained['tail_loss']:.4f}" if trained else f"{name}: the base model", flush=True)
+        model = str(WORK / run_name) if args.steps else common["model"]
+        generation = run_worker("generate", {**common, "run_name": "gen", "model": model,
                                              "gen_batches": [int(x) for x in args.batch_sizes.split(",")],
                                              "repeats": args.repeats, "transformers_batch": hf_batch})
         print(f"{name}: {json.dumps(generation)}", flush=True)
-        out[name] = {"base": base, "tail_loss": trained["tail_loss"], "generation": generation}
+        out[name] = {"base": base, "tail_loss": trained.get("tail_loss"), "generation": generation}
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU only, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",

@@ -43,11 +43,10 @@ def make_batches(lengths: list[int], batch_size: int, sort: bool = True) -> list
 class Decoder:
     """``decoder(prompts, batch_size, device, on_done)`` -> one row of generated ids per prompt
     (the prompt stripped, the end token included when reached). ``name`` is what metrics.json
-    records as ``generation.strategy``. ``streaming``: the decoder wants its prompts longest first
-    (it takes them in that order into its rows)."""
+    records as ``generation_strategy``. Refill and Continuous take the prompts into their rows in
+    the order given: longest first, as generation deals them."""
 
     name = ""
-    streaming = False
 
     def __call__(self, prompts: list[list[int]], batch_size: int, device, on_done=None) -> list[list[int]]:
         raise NotImplementedError
@@ -95,7 +94,6 @@ class Refill(Decoder):
     """T5's refill decoder (``refill.refill_decode``) on ``net`` (a LoRA model's base, adapters in place)."""
 
     name = "refill"
-    streaming = True
 
     def __init__(self, net, settings):
         self.net, self.settings = net, settings
@@ -111,7 +109,6 @@ class Continuous(Decoder):
     """The decoder-only continuous decoder (``continuous.continuous_decode``) on ``net``."""
 
     name = "continuous"
-    streaming = True
 
     def __init__(self, net, settings):
         self.net, self.settings = net, settings
