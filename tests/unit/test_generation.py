@@ -320,6 +320,17 @@ def test_each_family_chooses_its_decoder(tiny, causal_models):
     prompted = get_peft_model(copy.deepcopy(llama), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
     family = families.of_model(prompted)
     assert family.decoder(prompted, family.generation_settings(prompted, tok, GenerationConfig())).name == "sorted"
+    # A sliding-window cache crops itself, and an architecture not tested token for token may derive
+    # its positions itself: both decode through generate.
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    mistral, mistral_tok = causal_models["mistral"]
+    config = copy.deepcopy(mistral.config)
+    config.sliding_window = 8
+    for other in (AutoModelForCausalLM.from_config(config), GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16,
+                                                                                        n_layer=1, n_head=2))):
+        family = families.of_model(other)
+        assert family.decoder(other, family.generation_settings(other, mistral_tok, GenerationConfig())).name == "sorted"
 
 
 def test_generate_strategies_give_the_same_summaries_decoder_only(causal_models):
