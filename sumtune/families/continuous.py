@@ -11,8 +11,8 @@ row's prompt and summary whatever padding sits in front of them: each row decode
 
 transformers 5.24's own continuous batching (``generate_batch``) gave the same tokens on the tested
 architectures, but on CPU it attends every query over the cache of the whole batch (one flat
-sequence with a dense mask) and sizes its paged cache from the device's memory: 1.3x data-order
-batches at best on the demo model against this decoder's 2x (docs/performance.md).
+sequence with a dense mask) and sizes its paged cache from the device's memory: 0.47-1.43x
+data-order batches on the demo models, against this decoder's 1.66-2.84x (docs/performance.md).
 """
 
 from __future__ import annotations
