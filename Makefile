@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/sumtune/torch_extensions
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
 
-.PHONY: setup demo detox-demo test bench bench-step compare-methods lint clean
+.PHONY: setup demo detox-demo test bench bench-step bench-generation compare-methods lint clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,12 @@ bench: $(STAMP)
 # demo if missing; writes bench/step_results.md and .json.
 bench-step: $(STAMP)
 	$(BIN)/python bench/step.py
+
+# Generation of both demo models (each fine-tuned first): data-order and sorted batches vs the family's
+# own decoder (T5's refill, the decoder-only continuous decoder) and transformers' generate_batch (not a
+# test: about 10 minutes on 2 cores); builds the demo if missing; writes bench/generation_results.md and .json.
+bench-generation: $(STAMP)
+	$(BIN)/python bench/generation.py
 
 # Full fine-tuning and every adapter method side by side on the demo (not a test: about 20 minutes on
 # 2 cores; needs the demo build); writes bench/methods_results.md and .json.

@@ -9,7 +9,8 @@
    last quarter of the steps, and the held-out loss of the final weights.
 2. Memory: peak RSS of full vs LoRA vs 8-bit LoRA on a FLAN-T5-small-shaped model (random weights).
 3. Generation: sumtune's refill decoder and length-sorted batches vs data-order batches (the naive
-   baseline: `model.generate` over the dialogues in file order), same model and dialogues.
+   baseline: `model.generate` over the dialogues in file order), same model and dialogues (the T5;
+   bench/generation.py measures both families).
 4. ROUGE: scoring time for 1,000 pairs, one process vs a pool.
 
 Every figure comes from a worker process of its own (bench/workers.py); peak RSS is that process's
@@ -150,15 +151,16 @@ def report(results: dict) -> str:
         "summaries/s | speed-up vs data order: sorted, **sumtune** | identical: sorted, sumtune |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+    own = g.get("decoder", "refill")  # the T5 family's own decoder
     for size, row in g["by_batch_size"].items():
-        u, s_, r = row["data-order"], row["sorted"], row["refill"]
+        u, s_, r = row["data-order"], row["sorted"], row[own]
         lines.append(f"| {size} | {u['decoder_steps']:,}, {u['summaries_per_s']:.1f} | {s_['decoder_steps']:,}, "
                      f"{s_['summaries_per_s']:.1f} | {r['decoder_steps']:,}, {r['summaries_per_s']:.1f} | "
                      f"{s_['summaries_per_s'] / u['summaries_per_s']:.2f}x, **{r['summaries_per_s'] / u['summaries_per_s']:.2f}x** | "
                      f"{s_['identical_to_data_order']}, {r['identical_to_data_order']} of {g['dialogues']} |")
     lines.append("")
     lines.append("Per round, seconds (data order / sorted / refill): " + "; ".join(
-        f"batch {size}: " + ", ".join("/".join(f"{row[k]['rounds_s'][i]:.2f}" for k in ("data-order", "sorted", "refill"))
+        f"batch {size}: " + ", ".join("/".join(f"{row[k]['rounds_s'][i]:.2f}" for k in ("data-order", "sorted", own))
                                       for i in range(g["rounds"]))
         for size, row in g["by_batch_size"].items()))
     lines += [
@@ -242,7 +244,7 @@ def main() -> None:
             "share_grouped": med("sumtune", lambda r: r["train"]["real_token_share"]),
             "share_random": med("sumtune, random batches", lambda r: r["train"]["real_token_share"]),
             "generation_speedup": {size: {k: row[k]["summaries_per_s"] / row["data-order"]["summaries_per_s"]
-                                          for k in ("sorted", "refill")}
+                                          for k in ("sorted", generation.get("decoder", "refill"))}
                                    for size, row in generation["by_batch_size"].items()},
         },
     }

@@ -5,8 +5,9 @@ Each worker prints one JSON line (prefixed ``RESULT``) for ``bench/run.py``. Kin
 - ``sumtune``: sumtune's own training (``sumtune.recipes.finetune.run``, what train/finetune.py calls).
 - ``hf``: the same model, features, batch, learning rate and steps through
   ``transformers.Seq2SeqTrainer`` (its defaults, or ``train_sampling_strategy=group_by_length``).
-- ``generate``: the three generation strategies (data-order batches, length-sorted batches, the
-  refill decoder), same model and dialogues, in turns, several rounds.
+- ``generate``: the generation strategies (data-order batches, length-sorted batches, the family's
+  own decoder: refill or continuous; optionally transformers' ``generate_batch``), same model and
+  dialogues, in turns, several rounds.
 - ``rouge``: ROUGE scoring time for N pairs, one process vs a pool.
 
 Both training workers start from the same demo base model and the same tokenised features
@@ -183,53 +184,89 @@ def run_hf(args: dict) -> dict:
             if args.get("heldout", True) else None}
 
 
+def transformers_generate_batch(model, tokenizer, prompts: list[list[int]], settings, batch_size: int) -> list[str]:
+    """transformers' own continuous batching (``generate_batch``, decoder-only models), sized for
+    ``batch_size`` rows: its paged cache is otherwise sized from the device's memory (on CPU, the
+    machine's RAM), and every query attends over the whole cache (a dense mask)."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from sumtune import generation
+
+    page = 64
+    longest = max(len(p) for p in prompts) + settings.max_new_tokens
+    config = ContinuousBatchingConfig(page_size=page, num_blocks=-(-batch_size * longest // page) + batch_size,
+                                      max_batch_tokens=32 * batch_size, max_requests_per_batch=batch_size)
+    out = model.generate_batch(prompts, generation_config=settings, continuous_batching_config=config,
+                               progress_bar=False, warmup=False)
+    rows = [out[f"req_{i}"].generated_tokens for i in range(len(prompts))]
+    return generation.decode_summaries(tokenizer, rows, settings)
+
+
 def run_generate(args: dict) -> dict:
+    """The family's own decoder (T5: refill; decoder-only: continuous) against model.generate over
+    length-sorted and data-order batches; with ``transformers_batch``, also transformers'
+    ``generate_batch`` (decoder-only models)."""
     from accelerate import Accelerator
 
-    from sumtune import data, generation, models
+    from sumtune import data, families, generation, models
     from sumtune.config import GenerationConfig
 
     cfg = bench_config(args)
     tokenizer = models.load_tokenizer(args["model"])
     model = models.load_model(args["model"])
+    family = families.of_model(model)
     records, _ = data.load_split(cfg.data, "validation")
     dialogues = [r["dialogue"] for r in records]
     encoder = data.prompt_encoder(models.model_family(args["model"]), tokenizer, cfg.data)
     accelerator = Accelerator(cpu=True)
-    # Decoder steps: forward calls with decoder input (the encoder runs through get_encoder).
+    # Decoder steps: forward calls that decode (an encoder-decoder's encoder runs through get_encoder;
+    # a decoder-only model's prefill counts as one).
     steps = [0]
     forward = type(model).forward
+    seq2seq = model.config.is_encoder_decoder
 
     def counted(self, *a, **k):
-        steps[0] += k.get("decoder_input_ids") is not None
+        steps[0] += k.get("decoder_input_ids") is not None or not seq2seq
         return forward(self, *a, **k)
 
     type(model).forward = counted
+    strategies = ["data-order", "sorted", "auto"] + (["generate_batch"] if args.get("transformers_batch") else [])
+    prompts = [encoder.encode_prompt(d)[0] for d in dialogues]
+
+    def run(strategy, gen, texts=dialogues):
+        if strategy == "generate_batch":
+            settings = family.generation_settings(model, tokenizer, gen)
+            with torch.inference_mode():
+                return transformers_generate_batch(model, tokenizer, prompts[: len(texts)], settings, gen.batch_size), strategy
+        out, stats = generation.generate(accelerator, model, tokenizer, encoder, texts, gen, progress=False,
+                                         strategy=strategy)
+        return out, stats.strategy
+
     warm = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=8)
-    for strategy in generation.STRATEGIES:
-        generation.generate(accelerator, model, tokenizer, encoder, dialogues[:16], warm, progress=False, strategy=strategy)
+    names = {s: run(s, warm, dialogues[:16])[1] for s in strategies}  # warm-up; "auto" -> the decoder's name
     sizes = {}
     for size in args["gen_batches"]:
         gen = GenerationConfig(num_beams=1, max_new_tokens=64, batch_size=size)
-        runs: dict[str, list] = {s: [] for s in generation.STRATEGIES}
+        runs: dict[str, list] = {s: [] for s in strategies}
         texts = {}
         for round_ in range(args["repeats"]):
-            order = generation.STRATEGIES[round_ % 3:] + generation.STRATEGIES[: round_ % 3]
-            for strategy in order:
+            k = round_ % len(strategies)
+            for strategy in strategies[k:] + strategies[:k]:  # in turns: drift spreads over all of them
                 steps[0] = 0
                 start = time.perf_counter()
-                texts[strategy], _ = generation.generate(accelerator, model, tokenizer, encoder, dialogues, gen,
-                                                         progress=False, strategy=strategy)
+                texts[strategy], _ = run(strategy, gen)
                 runs[strategy].append({"seconds": time.perf_counter() - start, "decoder_steps": steps[0]})
         out = {}
         for strategy, rounds in runs.items():
             seconds = statistics.median(r["seconds"] for r in rounds)
-            out[strategy] = {"seconds": round(seconds, 3), "summaries_per_s": round(len(dialogues) / seconds, 2),
-                             "rounds_s": [round(r["seconds"], 3) for r in rounds],
-                             "decoder_steps": rounds[-1]["decoder_steps"],
-                             "identical_to_data_order": sum(a == b for a, b in zip(texts[strategy], texts["data-order"]))}
+            out[names[strategy]] = {"seconds": round(seconds, 3), "summaries_per_s": round(len(dialogues) / seconds, 2),
+                                    "rounds_s": [round(r["seconds"], 3) for r in rounds],
+                                    "decoder_steps": rounds[-1]["decoder_steps"],
+                                    "identical_to_data_order": sum(a == b for a, b in zip(texts[strategy],
+                                                                                          texts["data-order"]))}
         sizes[str(size)] = out
-    return {"dialogues": len(dialogues), "rounds": args["repeats"], "by_batch_size": sizes}
+    return {"dialogues": len(dialogues), "rounds": args["repeats"], "decoder": names["auto"],
+            "model_type": model.config.model_type, "by_batch_size": sizes}
 
 
 def run_rouge(args: dict) -> dict:

@@ -1,16 +1,13 @@
-"""Batched, length-sorted, distributed summary generation, for every model family.
+"""Length-sorted, distributed summary generation, for every model family.
 
-Two ways to decode, the same summaries:
+How a model decodes is its family's decision (``Family.decoder``, ``sumtune.families.decoding``):
+T5's refill decoder or a decoder-only model's continuous decoder for plain greedy search (finished
+rows leave, waiting prompts join), else ``model.generate`` over length-sorted batches. This module
+encodes the prompts, deals them to the ranks longest first, calls the decoder, turns its rows into
+text and gathers them.
 
-- ``refill`` (greedy decoding of T5-family models, the default where it applies): the seq2seq
-  family's refill decoder (``sumtune.families.refill``), in which finished rows leave and waiting
-  prompts join mid-way.
-- ``sorted``: ``model.generate`` over length-sorted batches (beam search, sampling, other model
-  families, ZeRO-3, or ``generation.refill=false``); decoder-only prompts are padded on the left
-  and cut off the output.
-
-The settings ``generate`` decodes with are sumtune's (``generation.*``) and the ids the model
-needs, never what a checkpoint's own generation_config.json adds (see ``Family.generation_settings``).
+The settings a decoder decodes with are sumtune's (``generation.*``) and the ids the model needs,
+never what a checkpoint's own generation_config.json adds (see ``Family.generation_settings``).
 """
 
 from __future__ import annotations
@@ -21,11 +18,12 @@ import torch
 
 from sumtune import families
 from sumtune.config import GenerationConfig
-from sumtune.data import PadCollator, PromptEncoder, longest_first
-from sumtune.families.refill import MAX_GROWTH, refill_decode
+from sumtune.data import PromptEncoder, longest_first
+from sumtune.families.decoding import make_batches
+from sumtune.families.refill import MAX_GROWTH
 
-__all__ = ["MAX_GROWTH", "STRATEGIES", "PromptStats", "decode_summaries", "generate", "make_batches", "refill_decode",
-           "refill_model", "settings_used", "shard_batches", "shard_prompts"]
+__all__ = ["MAX_GROWTH", "STRATEGIES", "PromptStats", "decode_summaries", "generate", "make_batches", "settings_used",
+           "shard_batches", "shard_prompts"]
 
 
 def _zero3() -> bool:
@@ -42,27 +40,9 @@ class PromptStats:
     strategy: str = ""
 
 
-STRATEGIES = ("refill", "sorted", "data-order")
-
-
-def make_batches(lengths: list[int], batch_size: int, sort: bool = True) -> list[list[int]]:
-    """Batches of prompt indices. Sorted (the default): longest first, so memory trouble shows at
-    once, and each batch holds as many prompts as fit in the token positions of the first batch
-    (``batch_size`` x the longest prompt; at most MAX_GROWTH x ``batch_size``), so short dialogues go
-    through in fewer, fuller batches. ``sort=False``: data order, ``batch_size`` each (the naive
-    baseline the benchmark compares against)."""
-    if not sort:
-        return [list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size)]
-    order = longest_first(lengths)
-    budget = batch_size * max(1, lengths[order[0]]) if order else 0
-    batches: list[list[int]] = []
-    for i in order:
-        current = batches[-1] if batches else None
-        if current and len(current) < MAX_GROWTH * batch_size and (len(current) + 1) * max(1, lengths[current[0]]) <= budget:
-            current.append(i)
-        else:
-            batches.append([i])
-    return batches
+# What ``generate(strategy=...)`` may ask a family's decoder for besides "auto" (the benchmark
+# compares them): its streaming decoder by name, or model.generate over sorted or data-order batches.
+STRATEGIES = ("refill", "continuous", "sorted", "data-order")
 
 
 def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int, sort: bool = True) -> list[list[int]]:
@@ -72,18 +52,9 @@ def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int, so
 
 
 def shard_prompts(lengths: list[int], rank: int, world: int) -> list[int]:
-    """This rank's prompts for the refill decoder: the length-sorted order (longest first) dealt
-    round-robin, so every rank gets as many long prompts as the others."""
+    """This rank's prompts: the length-sorted order (longest first) dealt round-robin, so every rank
+    gets as many long prompts as the others."""
     return longest_first(lengths)[rank::world]
-
-
-def refill_model(model, tokenizer, gen: GenerationConfig, lockstep: bool = False):
-    """The module the refill decoder runs (a LoRA model's base, with its adapters in place), or None
-    where it does not apply and ``model.generate`` decodes instead."""
-    if not gen.refill:
-        return None
-    family = families.of_model(model)
-    return family.refill_net(model, family.generation_settings(model, tokenizer, gen), lockstep)
 
 
 def settings_used(settings) -> dict:
@@ -105,8 +76,9 @@ def decode_summaries(tokenizer, rows: list[list[int]], settings) -> list[str]:
 def generate(accelerator, model, tokenizer, encoder: PromptEncoder, dialogues: list[str], gen: GenerationConfig,
              progress: bool = True, strategy: str = "auto") -> tuple[list[str], PromptStats]:
     """Summaries for ``dialogues`` in their order, on every rank, and what building the prompts cut.
-    ``strategy``: ``auto`` (refill where it applies, else sorted), or one of STRATEGIES (the
-    benchmark compares them; ``data-order`` is the naive baseline)."""
+    ``strategy``: ``auto`` (the family's decoder for these settings), or one of STRATEGIES (the
+    benchmark compares them; ``data-order`` is the naive baseline: generate over batches in file
+    order). ``stats.strategy`` names the decoder that ran."""
     # Inference mode skips autograd's bookkeeping (about 8% of the refill decoder's time on the
     # demo model); not under DeepSpeed, whose ZeRO-3 hooks gather weights that training reuses.
     quiet = torch.no_grad() if accelerator.distributed_type == "DEEPSPEED" else torch.inference_mode()
@@ -129,37 +101,17 @@ def _generate(accelerator, model, tokenizer, encoder, dialogues, gen, progress, 
     family = families.of_model(model)
     settings = family.generation_settings(model, tokenizer, gen)
     stats.settings = settings_used(settings)
-    net = family.refill_net(model, settings, lockstep) if gen.refill and strategy in ("auto", "refill") else None
-    if strategy == "refill" and net is None:
-        raise ValueError("the refill decoder does not apply here (greedy T5-family models only, not under ZeRO-3)")
-    stats.strategy = "refill" if net is not None else ("data-order" if strategy == "data-order" else "sorted")
+    choice = "sorted" if strategy == "auto" and not gen.refill else strategy
+    decoder = family.decoder(model, settings, lockstep, choice)
+    stats.strategy = decoder.name
     model.eval()
-    pad = tokenizer.pad_token_id
+    # Longest first (the streaming decoders take prompts in this order; sorted batches are cut from
+    # it), dealt round-robin; data order is the benchmark's baseline.
+    order = list(range(len(inputs)))[rank::world] if strategy == "data-order" else shard_prompts(lengths, rank, world)
     show = progress and accelerator.is_main_process
-    mine: list[tuple[int, str]] = []
-    if net is not None:
-        order = shard_prompts(lengths, rank, world)
-        with tqdm(total=len(order), disable=not show, desc="generate", leave=False) as bar:
-            tokens = refill_decode(net, [inputs[i] for i in order], gen.batch_size, gen.max_new_tokens, pad,
-                                   accelerator.device, on_done=lambda: bar.update(1), settings=settings)
-        texts = decode_summaries(tokenizer, tokens, settings)
-        mine = list(zip(order, texts))
-    else:
-        collate = PadCollator(pad, side=family.prompt_padding())
-        every = make_batches(lengths, gen.batch_size, sort=strategy != "data-order")
-        batches = every[rank::world]
-        if lockstep:
-            calls = -(-len(every) // world)
-            batches = batches + [None] * (calls - len(batches))
-        for batch in tqdm(batches, disable=not show, desc="generate", leave=False):
-            dummy = batch is None
-            batch = [0] if dummy else batch
-            padded = collate([{"input_ids": inputs[i]} for i in batch])
-            out = family.generate(model, padded["input_ids"].to(accelerator.device),
-                                  padded["attention_mask"].to(accelerator.device), settings, lockstep=lockstep)
-            if dummy:
-                continue
-            mine.extend(zip(batch, decode_summaries(tokenizer, out.ids, settings)))
+    with tqdm(total=len(order), disable=not show, desc="generate", leave=False) as bar:
+        rows = decoder([inputs[i] for i in order], gen.batch_size, accelerator.device, on_done=lambda: bar.update(1))
+    mine = list(zip(order, decode_summaries(tokenizer, rows, settings)))
     everything = gather_object(mine) if world > 1 else mine
     result: list[str | None] = [None] * len(dialogues)
     for i, text in everything:

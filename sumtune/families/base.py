@@ -145,6 +145,26 @@ def wrapping(tokenizer, probe: str = "hello world") -> tuple[list[int], list[int
     return lead, tail
 
 
+# What Family.decoder can be asked for (generation's strategies).
+DECODERS = ("auto", "refill", "continuous", "sorted", "data-order")
+
+
+def greedy_net(model, settings):
+    """The network a streaming decoder runs for plain greedy ``settings`` (a LoRA model's base: its
+    adapters run inside the base's forward), or None: other settings, and prompt-learning adapters
+    (prompt tuning, prefix), whose virtual tokens only the PEFT wrapper's own forward adds."""
+    from sumtune.families.refill import plain_greedy
+
+    if not plain_greedy(settings):
+        return None
+    net = getattr(model, "module", model)  # DDP
+    if hasattr(net, "peft_config"):
+        if net.active_peft_config.is_prompt_learning:
+            return None
+        net = net.get_base_model()
+    return net
+
+
 # Layer names of the key, value and feed-forward output projections, most specific first.
 _IA3_NAMES = (("k_proj", "k", "key"), ("v_proj", "v", "value"), ("down_proj", "fc2", "wo", "w2", "dense_4h_to_h"))
 
@@ -347,8 +367,26 @@ class Family:
     def _model_ids(self, net) -> dict:
         return {}
 
-    def refill_net(self, model, settings, lockstep: bool):
-        """The network the refill decoder runs, or None where ``model.generate`` decodes."""
+    def decoder(self, model, settings, lockstep: bool = False, choice: str = "auto"):
+        """The ``decoding.Decoder`` that turns prompts into generated rows with ``settings``: this
+        family's streaming decoder (finished rows leave, waiting prompts join: T5's ``refill``, a
+        decoder-only model's ``continuous``) where it applies, else ``model.generate`` over
+        length-sorted batches (``sorted``). ``choice``: ``auto``, or one decoder by name (the
+        benchmark compares them; ``data-order`` is generate over batches in the order given, the
+        naive baseline; ``sorted`` is also what ``generation.refill=false`` asks for). ``lockstep``
+        (ZeRO-3): every rank must make the same forward calls, which only batched generate keeps."""
+        from sumtune.families.decoding import Batched
+
+        if choice not in DECODERS:
+            raise ValueError(f"unknown decoder {choice!r}; one of {', '.join(DECODERS)}")
+        fast = None if lockstep or choice in ("sorted", "data-order") else self._streaming_decoder(model, settings)
+        if choice in ("refill", "continuous") and (fast is None or fast.name != choice):
+            raise ValueError(f"the {choice} decoder does not apply here ({self.model_type}, these settings"
+                             f"{', lockstep' if lockstep else ''}): {fast.name if fast else 'generate'} decodes instead")
+        return fast or Batched(self, model, settings, lockstep, sort=choice != "data-order")
+
+    def _streaming_decoder(self, model, settings):
+        """The family's refill/continuous decoder for ``model`` and ``settings``, or None."""
         return None
 
     def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings, lockstep: bool = False,

@@ -20,7 +20,7 @@ import copy
 import torch
 
 from sumtune.errors import DataError
-from sumtune.families.base import Family, GenerationOutput, PromptFrame, wrapping
+from sumtune.families.base import Family, GenerationOutput, PromptFrame, greedy_net, wrapping
 from sumtune.prompts import PLACEHOLDER, resolve_template
 
 _MARK = "<<sumtune-dialogue>>"
@@ -130,6 +130,15 @@ class CausalFamily(Family):
                 ids[i] = out.ids[j]
                 scores[i] = out.logprobs[j] if logprobs else None
         return GenerationOutput(ids, scores if logprobs else None)
+
+    def _streaming_decoder(self, model, settings):
+        from sumtune.families.continuous import CONTINUOUS_TYPES, full_attention_cache
+        from sumtune.families.decoding import Continuous
+
+        net = greedy_net(model, settings)
+        if net is None or getattr(net.config, "model_type", None) not in CONTINUOUS_TYPES or full_attention_cache(net) is None:
+            return None
+        return Continuous(net, settings)
 
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return sequences[:, input_ids.shape[1]:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sumtune.errors import ConfigError
-from sumtune.families.base import Family, PromptFrame, additive_mask, unwrap, wrapping
+from sumtune.families.base import Family, PromptFrame, additive_mask, greedy_net, unwrap, wrapping
 
 T5_TYPES = ("t5", "mt5", "umt5")
 # T5's decoder sees positions only relative to each other, which is what lets a row join the
@@ -137,19 +137,13 @@ class Seq2SeqFamily(Family):
                 ids[key] = value
         return ids
 
-    def refill_net(self, model, settings, lockstep: bool):
-        from sumtune.families.refill import plain_greedy
+    def _streaming_decoder(self, model, settings):
+        from sumtune.families.decoding import Refill
 
-        if lockstep or settings.num_beams != 1 or not plain_greedy(settings):
+        net = greedy_net(model, settings)
+        if net is None or getattr(net.config, "model_type", None) not in REFILL_TYPES or settings.decoder_start_token_id is None:
             return None
-        net = model
-        if hasattr(model, "peft_config"):
-            if model.active_peft_config.is_prompt_learning:
-                return None
-            net = model.get_base_model()
-        if getattr(net.config, "model_type", None) not in REFILL_TYPES or settings.decoder_start_token_id is None:
-            return None
-        return net
+        return Refill(net, settings)
 
     def _new_tokens(self, sequences: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return sequences[:, 1:]  # the decoder start token is not generated

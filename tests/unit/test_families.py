@@ -180,8 +180,11 @@ def test_generation_strips_the_prompt_text(models_dir):
     enc = data.prompt_encoder(family, tok, DataConfig(max_source_length=120))
     texts, stats = generate(Accelerator(cpu=True), model, tok, enc, [r["dialogue"] for r in RECORDS[:4]],
                             GenerationConfig(max_new_tokens=8, batch_size=2), progress=False)
-    assert stats.strategy == "sorted"
+    assert stats.strategy == "continuous"  # greedy decoder-only: the family's continuous decoder
     assert all("Summarize the following" not in t and "Summary:" not in t for t in texts)
+    plain, stats = generate(Accelerator(cpu=True), model, tok, enc, [r["dialogue"] for r in RECORDS[:4]],
+                            GenerationConfig(max_new_tokens=8, batch_size=2, refill=False), progress=False)
+    assert stats.strategy == "sorted" and plain == texts
 
 
 def test_bart_ids_come_from_its_config_and_a_checkpoints_generation_config_does_not_win(models_dir):
@@ -192,7 +195,7 @@ def test_bart_ids_come_from_its_config_and_a_checkpoints_generation_config_does_
     assert settings.decoder_start_token_id == model.config.decoder_start_token_id == tok.eos_token_id
     assert settings.forced_bos_token_id == tok.bos_token_id
     assert settings.min_length in (0, None) and settings.no_repeat_ngram_size in (0, None)
-    assert family.refill_net(model, settings, False) is None  # absolute positions: no refill
+    assert family.decoder(model, settings).name == "sorted"  # absolute positions: no refill
 
 
 @pytest.mark.parametrize("arch, expected", [("t5", ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]), ("bart", "all-linear"),
