@@ -278,9 +278,10 @@ class GenerationConfig:
     num_beams: int = 1
     max_new_tokens: int = 64
     batch_size: int = 16
-    # Greedy decoding of T5-family models: a finished summary's row is handed to the next waiting
-    # prompt at once, instead of idling until the longest summary of its batch is done (same
-    # summaries as transformers' generate). false: generate over length-sorted batches.
+    # Greedy decoding of T5-family models (the refill decoder) and decoder-only Llama, Qwen2,
+    # Mistral, Gemma, Phi (the continuous decoder): a finished summary's row is handed to the next
+    # waiting prompt at once, instead of idling until the longest summary of its batch is done
+    # (same summaries as transformers' generate). false: generate over length-sorted batches.
     refill: bool = True
     # Sampling instead of greedy/beam search (off for evaluation; the RL recipe samples).
     do_sample: bool = False
