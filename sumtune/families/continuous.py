@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sumtune.families.refill import COMPACT_SHARE, MAX_GROWTH, REFILL_SHARE, _pad
+from sumtune.families.refill import COMPACT_SHARE, Stream, _pad
 
 # Decoder-only architectures whose forward takes per-row position ids with a left-padded cache and
 # mask (tested token for token against model.generate on each prompt alone). An architecture that
@@ -88,12 +88,8 @@ def continuous_decode(net, prompts: list[list[int]], batch_size: int, max_new_to
     """Greedy summaries (token ids, end token included) of ``prompts``, which must be sorted longest
     first. At most ``batch_size`` x the longest prompt's token positions of prompts and MAX_GROWTH x
     ``batch_size`` rows are decoded at once, as the refill decoder does."""
-    ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
-    budget = batch_size * max(1, len(prompts[0])) if prompts else 0
-    most = MAX_GROWTH * batch_size
-    done: list[list[int]] = [[] for _ in prompts]
+    stream = Stream(prompts, batch_size, max_new_tokens, settings, on_done)
     rows: _Rows | None = None
-    waiting = 0  # prompts[waiting:] have not started
 
     def begin(first: int, last: int) -> _Rows:
         """Prefill prompts[first:last] (left-padded, positions counting real tokens only); their
@@ -113,33 +109,15 @@ def continuous_decode(net, prompts: list[list[int]], batch_size: int, max_new_to
                   logits_to_keep=1)
         return _Rows(list(range(first, last)), out.cache, mask, mask.sum(-1), out.logits[:, -1].argmax(-1))
 
-    def record(group: _Rows) -> None:
-        """Append each live row's newest token; mark the rows that finished."""
-        for row, (i, token, made) in enumerate(zip(group.prompts.tolist(), group.last.tolist(), group.made.tolist())):
-            if not group.live[row]:
-                continue
-            done[i].append(token)
-            if token in ends or made >= max_new_tokens:
-                group.live[row] = False
-                if on_done:
-                    on_done()
-
-    while rows is not None or waiting < len(prompts):
-        # Take in waiting prompts while they fit the token budget, if enough of them fit.
+    while rows is not None or stream.waiting < len(prompts):
         count = sum(rows.live) if rows is not None else 0
         # The longest prompt still decoding (rows are in prompt order, longest first).
         width = next((len(prompts[i]) for i, live in zip(rows.prompts.tolist(), rows.live) if live), 0) if count else 0
-        take = waiting
-        while take < len(prompts) and count + take - waiting < most:
-            wider = max(width, len(prompts[take]))
-            if (count + take - waiting + 1) * wider > budget:
-                break
-            width, take = wider, take + 1
-        if take > waiting and (not count or take - waiting >= REFILL_SHARE * (count + take - waiting)
-                               or take == len(prompts)):
-            new = begin(waiting, take)
-            waiting = take
-            record(new)
+        take = stream.intake(count, width)
+        if take is not None:
+            new = begin(stream.waiting, take)
+            stream.waiting = take
+            stream.record(new)
             if rows is None:
                 rows = new
             else:
@@ -155,10 +133,10 @@ def continuous_decode(net, prompts: list[list[int]], batch_size: int, max_new_to
         # A finished row rides along until it is dropped; its position stays where it ended.
         rows.mask, rows.positions = mask, rows.positions + live
         rows.last, rows.made = out.logits[:, -1].argmax(-1), rows.made + 1
-        record(rows)
+        stream.record(rows)
         finished = len(rows) - sum(rows.live)
         if finished >= COMPACT_SHARE * len(rows):
             rows.compact()
             if not len(rows):
                 rows = None
-    return done
+    return stream.done

@@ -130,6 +130,49 @@ class _Rows:
                 layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
 
 
+class Stream:
+    """What both streaming decoders (this one and the decoder-only ``continuous`` one) share: the
+    prompts, longest first; the budget (at most ``batch_size`` x the longest prompt's token
+    positions, and MAX_GROWTH x ``batch_size`` rows, at once); when to take in waiting prompts; and
+    each prompt's tokens as its row makes them. A decoder's row set has ``prompts`` (indices),
+    ``last`` (each row's newest token), ``made`` (tokens so far) and ``live``."""
+
+    def __init__(self, prompts: list[list[int]], batch_size: int, max_new_tokens: int, settings, on_done=None):
+        eos = settings.eos_token_id
+        self.ends = eos if isinstance(eos, list) else [eos]
+        self.prompts, self.max_new_tokens, self.on_done = prompts, max_new_tokens, on_done
+        self.budget = batch_size * max(1, len(prompts[0])) if prompts else 0
+        self.most = MAX_GROWTH * batch_size
+        self.done: list[list[int]] = [[] for _ in prompts]
+        self.waiting = 0  # prompts[waiting:] have not started
+
+    def intake(self, count: int, width: int) -> int | None:
+        """With ``count`` rows decoding, the longest of their prompts ``width`` tokens: the end of
+        the waiting prompts to take in now (``prompts[waiting:end]``: as many as fit the budget), or
+        None when too few would fit to be worth an intake (REFILL_SHARE)."""
+        take, prompts = self.waiting, self.prompts
+        while take < len(prompts) and count + take - self.waiting < self.most:
+            wider = max(width, len(prompts[take]))
+            if (count + take - self.waiting + 1) * wider > self.budget:
+                break
+            width, take = wider, take + 1
+        joining = take - self.waiting
+        if joining and (not count or joining >= REFILL_SHARE * (count + joining) or take == len(prompts)):
+            return take
+        return None
+
+    def record(self, rows) -> None:
+        """Append each live row's newest token; mark the rows that finished."""
+        for row, (i, token, made) in enumerate(zip(rows.prompts.tolist(), rows.last.tolist(), rows.made.tolist())):
+            if not rows.live[row]:
+                continue
+            self.done[i].append(token)
+            if token in self.ends or made >= self.max_new_tokens:
+                rows.live[row] = False
+                if self.on_done:
+                    self.on_done()
+
+
 @torch.no_grad()
 def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens: int, pad_id: int,
                   device, on_done=None, settings=None) -> list[list[int]]:
@@ -140,14 +183,10 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
     from transformers.modeling_outputs import BaseModelOutput
 
     settings = settings if settings is not None else net.generation_config
-    ends = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
     start = settings.decoder_start_token_id
-    budget = batch_size * max(1, len(prompts[0])) if prompts else 0
-    most = MAX_GROWTH * batch_size
+    stream = Stream(prompts, batch_size, max_new_tokens, settings, on_done)
     collate = PadCollator(pad_id)
-    done: list[list[int]] = [[] for _ in prompts]
     rows: _Rows | None = None
-    waiting = 0  # prompts[waiting:] have not started
 
     def begin(first: int, last: int) -> _Rows:
         """Encode prompts[first:last] and fill their cross-attention cache (each decoder layer's
@@ -166,30 +205,12 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
         starts = torch.full((last - first,), start, dtype=torch.long, device=device)
         return _Rows(list(range(first, last)), hidden, mask, cache, starts)
 
-    def record(group: _Rows) -> None:
-        """Append each live row's last token; mark the rows that finished."""
-        for row, (i, token, made) in enumerate(zip(group.prompts.tolist(), group.last.tolist(), group.made.tolist())):
-            if not group.live[row]:
-                continue
-            done[i].append(token)
-            if token in ends or made >= max_new_tokens:
-                group.live[row] = False
-                if on_done:
-                    on_done()
-
-    while rows is not None or waiting < len(prompts):
-        # Take in waiting prompts while they fit the token budget, if enough of them fit.
+    while rows is not None or stream.waiting < len(prompts):
         count, width = (sum(rows.live), rows.width) if rows is not None else (0, 0)
-        take = waiting
-        while take < len(prompts) and count + take - waiting < most:
-            wider = max(width, len(prompts[take]))
-            if (count + take - waiting + 1) * wider > budget:
-                break
-            width, take = wider, take + 1
-        if take > waiting and (not count or take - waiting >= REFILL_SHARE * (count + take - waiting)
-                               or take == len(prompts)):
-            new = begin(waiting, take)
-            waiting = take
+        take = stream.intake(count, width)
+        if take is not None:
+            new = begin(stream.waiting, take)
+            stream.waiting = take
             if rows is None:
                 rows = new
             else:
@@ -203,11 +224,11 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
                   decoder_input_ids=rows.last[:, None], decoder_attention_mask=dec_mask, cache=rows.cache,
                   use_cache=True)
         rows.dec_mask, rows.last, rows.made = dec_mask, out.logits[:, -1].argmax(-1), rows.made + 1
-        record(rows)
+        stream.record(rows)
         finished = len(rows) - sum(rows.live)
         # Finished rows ride along (their tokens are ignored) until enough of them can go at once.
         if finished >= COMPACT_SHARE * len(rows):
             rows.compact()
             if not len(rows):
                 rows = None
-    return done
+    return stream.done
