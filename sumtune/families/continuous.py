@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sumtune.families.refill import COMPACT_SHARE, Stream, _pad
+from sumtune.families.refill import Stream, _pad
 
 # Decoder-only architectures whose forward takes per-row position ids with a left-padded cache and
 # mask (tested token for token against model.generate on each prompt alone). An architecture that
@@ -89,7 +89,6 @@ def continuous_decode(net, prompts: list[list[int]], batch_size: int, max_new_to
     first. At most ``batch_size`` x the longest prompt's token positions of prompts and MAX_GROWTH x
     ``batch_size`` rows are decoded at once, as the refill decoder does."""
     stream = Stream(prompts, batch_size, max_new_tokens, settings, on_done)
-    rows: _Rows | None = None
 
     def begin(first: int, last: int) -> _Rows:
         """Prefill prompts[first:last] (left-padded, positions counting real tokens only); their
@@ -109,23 +108,7 @@ def continuous_decode(net, prompts: list[list[int]], batch_size: int, max_new_to
                   logits_to_keep=1)
         return _Rows(list(range(first, last)), out.cache, mask, mask.sum(-1), out.logits[:, -1].argmax(-1))
 
-    while rows is not None or stream.waiting < len(prompts):
-        count = sum(rows.live) if rows is not None else 0
-        # The longest prompt still decoding (rows are in prompt order, longest first).
-        width = next((len(prompts[i]) for i, live in zip(rows.prompts.tolist(), rows.live) if live), 0) if count else 0
-        take = stream.intake(count, width)
-        if take is not None:
-            new = begin(stream.waiting, take)
-            stream.waiting = take
-            stream.record(new)
-            if rows is None:
-                rows = new
-            else:
-                rows.compact()
-                rows.join(new)
-        if rows is None or not any(rows.live):
-            rows = None
-            continue
+    def step(rows: _Rows) -> None:
         mask = torch.cat([rows.mask, rows.mask.new_ones(len(rows), 1)], 1)
         out = net(input_ids=rows.last[:, None], attention_mask=mask, position_ids=rows.positions[:, None],
                   cache=rows.cache, use_cache=True)
@@ -133,10 +116,9 @@ def continuous_decode(net, prompts: list[list[int]], batch_size: int, max_new_to
         # A finished row rides along until it is dropped; its position stays where it ended.
         rows.mask, rows.positions = mask, rows.positions + live
         rows.last, rows.made = out.logits[:, -1].argmax(-1), rows.made + 1
-        stream.record(rows)
-        finished = len(rows) - sum(rows.live)
-        if finished >= COMPACT_SHARE * len(rows):
-            rows.compact()
-            if not len(rows):
-                rows = None
-    return stream.done
+
+    def width(rows: _Rows) -> int:
+        """The longest prompt still decoding (rows are in prompt order, longest first)."""
+        return next((len(prompts[i]) for i, live in zip(rows.prompts.tolist(), rows.live) if live), 0)
+
+    return stream.run(begin, step, width, first_from_begin=True)

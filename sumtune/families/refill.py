@@ -172,6 +172,37 @@ class Stream:
                 if self.on_done:
                     self.on_done()
 
+    def run(self, begin, step, width, first_from_begin: bool) -> list[list[int]]:
+        """The streaming loop both decoders share. ``begin(first, last)``: the row set of
+        prompts[first:last], ready to decode (with their first token when ``first_from_begin``:
+        a decoder-only prefill makes it); ``step(rows)``: one forward of every row, setting each
+        row's ``last`` and ``made``; ``width(rows)``: the longest prompt still decoding. Returns
+        each prompt's tokens."""
+        rows = None
+        while rows is not None or self.waiting < len(self.prompts):
+            take = self.intake(sum(rows.live), width(rows)) if rows is not None else self.intake(0, 0)
+            if take is not None:
+                new = begin(self.waiting, take)
+                self.waiting = take
+                if first_from_begin:
+                    self.record(new)
+                if rows is None:
+                    rows = new
+                else:
+                    rows.compact()
+                    rows.join(new)
+            if rows is None or not any(rows.live):
+                rows = None
+                continue
+            step(rows)
+            self.record(rows)
+            # Finished rows ride along (their tokens are ignored) until enough of them can go at once.
+            if len(rows) - sum(rows.live) >= COMPACT_SHARE * len(rows):
+                rows.compact()
+                if not len(rows):
+                    rows = None
+        return self.done
+
 
 @torch.no_grad()
 def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens: int, pad_id: int,
@@ -186,7 +217,6 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
     start = settings.decoder_start_token_id
     stream = Stream(prompts, batch_size, max_new_tokens, settings, on_done)
     collate = PadCollator(pad_id)
-    rows: _Rows | None = None
 
     def begin(first: int, last: int) -> _Rows:
         """Encode prompts[first:last] and fill their cross-attention cache (each decoder layer's
@@ -205,30 +235,11 @@ def refill_decode(net, prompts: list[list[int]], batch_size: int, max_new_tokens
         starts = torch.full((last - first,), start, dtype=torch.long, device=device)
         return _Rows(list(range(first, last)), hidden, mask, cache, starts)
 
-    while rows is not None or stream.waiting < len(prompts):
-        count, width = (sum(rows.live), rows.width) if rows is not None else (0, 0)
-        take = stream.intake(count, width)
-        if take is not None:
-            new = begin(stream.waiting, take)
-            stream.waiting = take
-            if rows is None:
-                rows = new
-            else:
-                rows.compact()
-                rows.join(new)
-        if rows is None or not any(rows.live):
-            rows = None
-            continue
+    def step(rows: _Rows) -> None:
         dec_mask = torch.cat([rows.dec_mask, rows.dec_mask.new_ones(len(rows), 1)], 1)
         out = net(encoder_outputs=BaseModelOutput(last_hidden_state=rows.hidden), attention_mask=rows.enc_mask,
                   decoder_input_ids=rows.last[:, None], decoder_attention_mask=dec_mask, cache=rows.cache,
                   use_cache=True)
         rows.dec_mask, rows.last, rows.made = dec_mask, out.logits[:, -1].argmax(-1), rows.made + 1
-        stream.record(rows)
-        finished = len(rows) - sum(rows.live)
-        # Finished rows ride along (their tokens are ignored) until enough of them can go at once.
-        if finished >= COMPACT_SHARE * len(rows):
-            rows.compact()
-            if not len(rows):
-                rows = None
-    return stream.done
+
+    return stream.run(begin, step, lambda rows: rows.width, first_from_begin=False)
