@@ -43,7 +43,7 @@ def report(results: dict) -> str:
         "# Generation benchmark",
         "",
         f"Measured {results['date']} on {results['machine']} with `{results['command']}`; load average "
-        f"{results['load_before']} before, {results['load_after']} after (another session shared the machine's cores).",
+        f"{results['load_before']} before, {results['load_after']} after (the benchmark itself keeps one core busy).",
         "",
         f"{results['dialogues']} validation dialogues of the demo, greedy, up to 64 new tokens, "
         + (f"each model fine-tuned first ({results['args']['steps']} steps of full fine-tuning at batch 8)"
