@@ -18,6 +18,7 @@ data-order batches on the demo models, against this decoder's 1.66-2.84x (docs/p
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from sumtune.families.refill import Stream, _pad
 
@@ -27,15 +28,46 @@ from sumtune.families.refill import Stream, _pad
 CONTINUOUS_TYPES = ("llama", "qwen2", "mistral", "gemma", "phi")
 
 
-def full_attention_cache(net):
-    """A fresh DynamicCache for ``net``, or None when any of its layers is not a plain full-attention
-    layer (a sliding window crops the cache, which the column bookkeeping here cannot follow)."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
+# Spare cache columns a layer keeps beyond what it holds: a decode step writes its new key and
+# value there instead of concatenating (a copy of the whole cache) every step.
+ROOM = 32
 
+
+def full_attention_cache(net):
+    """A fresh DynamicCache for ``net`` whose layers append into spare room (``_Growing``), or None
+    when any of its layers is not a plain full-attention layer (a sliding window crops the cache,
+    which the column bookkeeping here cannot follow)."""
     cache = DynamicCache(config=net.config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
+    cache.layers = [_Growing() for _ in cache.layers]
     return cache
+
+
+class _Growing(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of buffers with ROOM spare columns: an update
+    writes into them, and only a full buffer, or keys and values replaced from outside (a join, a
+    compaction), is copied into a new one. Measured on the fine-tuned demo decoder-only model: 4-10%
+    less time than DynamicLayer's concatenation per step, the same tokens."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        held = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+        need = held + key_states.shape[-2]
+        buffers = getattr(self, "_buffers", None)
+        if (buffers is None or not held or buffers[0].shape[-2] < need or buffers[0].shape[0] != key_states.shape[0]
+                or buffers[0].data_ptr() != self.keys.data_ptr() or buffers[1].data_ptr() != self.values.data_ptr()):
+            shape = (*key_states.shape[:2], need + ROOM, key_states.shape[-1])
+            buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+            if held:
+                buffers[0][:, :, :held] = self.keys
+                buffers[1][:, :, :held] = self.values
+            self._buffers = buffers
+        buffers[0][:, :, held:need] = key_states
+        buffers[1][:, :, held:need] = value_states
+        self.keys, self.values = buffers[0][:, :, :need], buffers[1][:, :, :need]
+        return self.keys, self.values
 
 
 class _Rows:

@@ -355,3 +355,32 @@ def test_generate_strategies_give_the_same_summaries_decoder_only(causal_models)
         assert stats.strategy == ("continuous" if strategy == "auto" else strategy)
     assert results["auto"] == results["continuous"] == results["sorted"] == results["data-order"]
     assert len(set(results["auto"])) > 3
+
+
+def test_growing_cache_layer_holds_what_dynamic_layer_holds_without_copying_each_step():
+    """The continuous decoder's cache layer: after every update (a prefill, single steps, a step
+    past its spare room, and keys and values replaced from outside as a compaction does) it holds
+    exactly what transformers' DynamicLayer holds; a plain step writes into the same buffer."""
+    from transformers.cache_utils import DynamicLayer
+
+    from sumtune.families.continuous import ROOM, _Growing
+
+    torch.manual_seed(0)
+    plain, growing = DynamicLayer(), _Growing()
+    rows = 3
+    for step, width in enumerate([5, 1, 1, 1, ROOM, 1, 1]):
+        k, v = torch.randn(rows, 2, width, 4), torch.randn(rows, 2, width, 4)
+        before = growing.keys.data_ptr() if growing.is_initialized and growing.keys.dim() == 4 else None
+        got, want = growing.update(k, v), plain.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        if step in (2, 3, 6):  # a plain step within the room: no new buffer
+            assert growing.keys.data_ptr() == before
+        if step == 2:  # a compaction: rows dropped, the leading column cut
+            keep = torch.tensor([0, 2])
+            for layer in (plain, growing):
+                layer.batch_select_indices(keep)
+                layer.keys, layer.values = layer.keys[:, :, 1:], layer.values[:, :, 1:]
+            rows = 2
+            k, v = torch.randn(rows, 2, 1, 4), torch.randn(rows, 2, 1, 4)
+            got, want = growing.update(k, v), plain.update(k, v)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
