@@ -69,7 +69,7 @@ bench-step: $(STAMP)
 
 # Generation of both demo models (each fine-tuned first): data-order and sorted batches vs the family's
 # own decoder (T5's refill, the decoder-only continuous decoder) and transformers' generate_batch (not a
-# test: about 10 minutes on 2 cores); builds the demo if missing; writes bench/generation_results.md and .json.
+# test: 7.5 minutes on 2 cores, 2026-12-05); builds the demo if missing; writes bench/generation_results.md and .json.
 bench-generation: $(STAMP)
 	$(BIN)/python bench/generation.py
 
